@@ -1,0 +1,347 @@
+"""The grammar as a branching process over (nonterminal x finite parameter state).
+
+Shapes are infinite, so this analysis abstracts a state to its finite part: the mode ``m``
+(or None when branches disagree), the branching factor ``b`` and the declared parameters.
+Operations act on that abstraction through their own shape rules, applied to stand-in
+features (``ops.representative``), so no operation's behaviour is written twice.
+
+From the abstraction come reachability (which nonterminal meets which state), the
+expectation matrix E (expected children of each kind per expansion, paper A.4), its spectral
+radius, expected sizes via (I - E)^-1, and the critical probability of each recursive
+nonterminal's terminating alternatives. Probabilities are the grammar's own, before any
+shape-based filtering a sampler applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+
+from .ops import NotApplicable, mode_of, representative
+from .table import Alternative, Branches, OpCall, Ref, RuleTable
+
+Key = tuple  # (nonterminal, m, b, params)
+Out = dict  # (m, b) -> probability mass
+
+
+def env_of(key: Key) -> dict:
+    _, m, b, params = key
+    return {"m": m, "b": b, **dict(params)}
+
+
+def show_state(key: Key) -> str:
+    _, m, b, params = key
+    parts = [f"m={m if m else 'mixed'}", f"b={b}"] + [f"{k}={v}" for k, v in params]
+    return ", ".join(parts)
+
+
+@lru_cache(maxsize=4096)
+def _effect(table: RuleTable, call: OpCall, m: str | None, b: int) -> tuple[str | None, int] | None:
+    op = table.library.get(call.op)
+    if op is None:
+        return None
+    try:
+        out = op.apply(representative(m, b), call.args)
+    except NotApplicable:
+        return None
+    return mode_of(out), len(out)
+
+
+@dataclass
+class _Trace:
+    """Children met while running one body: key -> (derivation count, network count)."""
+
+    children: dict = field(default_factory=dict)
+    first_ref: dict = field(default_factory=dict)
+
+    def add(self, key: Key, mass: float, copies: int, ref: Ref) -> None:
+        d, n = self.children.get(key, (0.0, 0.0))
+        self.children[key] = (d + mass, n + mass * copies)
+        self.first_ref.setdefault(key, ref)
+
+
+def _run_body(table: RuleTable, alt: Alternative, key: Key, out: dict[Key, Out],
+              normalise: bool, trace: _Trace) -> Out:
+    """Thread a distribution over (m, b) through ``alt``'s body; returns the output distribution."""
+    params = key[3]
+    dist: Out = {(key[1], key[2]): 1.0}
+    for el in alt.body:
+        new: Out = {}
+        for (m, b), mass in dist.items():
+            if mass <= 0:
+                continue
+            if isinstance(el, OpCall):
+                eff = _effect(table, el, m, b)
+                if eff is not None:
+                    new[eff] = new.get(eff, 0.0) + mass
+            elif isinstance(el, Ref):
+                child = (el.name, m, b, _merge(params, el.sets))
+                trace.add(child, mass, 1, el)
+                for mb, p in _child_out(out, child, normalise).items():
+                    new[mb] = new.get(mb, 0.0) + mass * p
+            else:
+                _run_branches(el, m, b, params, mass, out, normalise, trace, new)
+        dist = new
+    return dist
+
+
+def _run_branches(el: Branches, m, b, params, mass, out, normalise, trace: _Trace, new: Out) -> None:
+    arm = el.arm_for({"m": m, "b": b, **dict(params)})
+    if arm is None or m is None:
+        return
+    if arm.repeated:
+        child = (arm.items[0].name, m, 1, params)
+        trace.add(child, mass, b, arm.items[0])
+        for (m2, b2), p in _child_out(out, child, normalise).items():
+            if b2 == 1:
+                new[(m2, b)] = new.get((m2, b), 0.0) + mass * p
+        return
+    joint: dict = {(): 1.0}  # tuple of branch output modes -> mass
+    for ref in arm.items:
+        child = (ref.name, m, 1, _merge(params, ref.sets))
+        trace.add(child, mass, 1, ref)
+        step: dict = {}
+        for modes, p in joint.items():
+            for (m2, b2), q in _child_out(out, child, normalise).items():
+                if b2 == 1:
+                    step[modes + (m2,)] = step.get(modes + (m2,), 0.0) + p * q
+        joint = step
+    for modes, p in joint.items():
+        mb = (modes[0] if len(set(modes)) == 1 else None, b)
+        new[mb] = new.get(mb, 0.0) + mass * p
+
+
+def _merge(params: tuple, sets: tuple) -> tuple:
+    if not sets:
+        return params
+    d = dict(params)
+    d.update(sets)
+    return tuple(sorted(d.items()))
+
+
+def _child_out(out: dict[Key, Out], key: Key, normalise: bool) -> Out:
+    dist = out.get(key, {})
+    if not normalise:
+        return dist
+    total = sum(dist.values())
+    return {k: v / total for k, v in dist.items()} if total > 0 else {}
+
+
+@dataclass
+class Solution:
+    keys: list[Key]  # every (nonterminal, state) met, start first
+    out: dict[Key, Out]  # output distribution (mass = termination probability)
+    first_ref: dict[Key, Ref]  # the body occurrence that first led to each key
+    converged: bool
+
+
+def solve(table: RuleTable, mode: str, weight: Callable[[Alternative], float], max_iter: int = 400,
+          tol: float = 1e-12) -> Solution:
+    """Kleene iteration of the output distributions from zero (the least fixpoint)."""
+    start: Key = (table.start.symbol, mode, 1, table.start.params)
+    keys, out, first_ref = [start], {start: {}}, {}
+    converged = False
+    for _ in range(max_iter):
+        new_out: dict[Key, Out] = {}
+        change = 0.0
+        for key in list(keys):
+            rule = table.rule_for(key[0], env_of(key))
+            acc: Out = {}
+            if rule is not None:
+                for alt in rule.alternatives:
+                    w = weight(alt)
+                    if w <= 0:
+                        continue
+                    trace = _Trace()
+                    for mb, p in _run_body(table, alt, key, out, False, trace).items():
+                        acc[mb] = acc.get(mb, 0.0) + w * p
+                    for child, ref in trace.first_ref.items():
+                        if child not in out and child not in new_out:
+                            keys.append(child)
+                            new_out[child] = {}
+                            first_ref[child] = ref
+            if weight is _possible:
+                acc = {k: 1.0 for k, v in acc.items() if v > 0}  # booleans: can it finish so?
+            old = out.get(key, {})
+            change = max([change] + [abs(acc.get(k, 0.0) - old.get(k, 0.0)) for k in set(acc) | set(old)])
+            new_out[key] = acc
+        grew = len(new_out) > len(out)
+        out = new_out
+        if not grew and change <= tol:
+            converged = True
+            break
+    return Solution(keys, out, first_ref, converged)
+
+
+def _possible(alt: Alternative) -> float:
+    return 1.0
+
+
+def _probability(alt: Alternative) -> float:
+    return alt.prob
+
+
+def reachability(table: RuleTable, mode: str) -> Solution:
+    """Which (nonterminal, state) pairs can occur, and which can finish (positive mass)."""
+    return solve(table, mode, _possible, max_iter=10_000, tol=0.0)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``einc check`` prints about a consistent (or not) grammar."""
+
+    rho: float
+    rho_network: float
+    expansions: dict[str, float]  # expected expansions of each nonterminal per derivation
+    expected_nonterminals: float
+    expected_terminals: float
+    network_terminals: float  # inf when the expected network size diverges
+    critical: dict[str, tuple[float, float, float]]  # nonterminal -> (consistency, network, now)
+    start_mode: str
+
+
+def analyse(table: RuleTable, mode: str) -> Report:
+    sol = solve(table, mode, _probability)
+    keys = [k for k in sol.keys if table.rule_for(k[0], env_of(k)) is not None]
+    index = {k: i for i, k in enumerate(keys)}
+    parts = _contributions(table, sol, keys, index)
+    probs = {id(a): a.prob for _, a, _, _, _ in parts}
+
+    def matrices(p: dict[int, float]):
+        n = len(keys)
+        e, enet, local = np.zeros((n, n)), np.zeros((n, n)), np.zeros(n)
+        for i, alt, d, net, ops in parts:
+            w = p[id(alt)]
+            e[i] += w * d
+            enet[i] += w * net
+            local[i] += w * ops
+        return e, enet, local
+
+    e, enet, local = matrices(probs)
+    rho, rho_net = _radius(e), _radius(enet)
+    expansions: dict[str, float] = {}
+    exp_nt = exp_t = net_t = float("inf")
+    if rho < 1:
+        row = np.linalg.solve(np.eye(len(keys)) - e.T, _unit(len(keys), 0))  # N[start, :]
+        for k, v in zip(keys, row):
+            expansions[k[0]] = expansions.get(k[0], 0.0) + float(v)
+        exp_nt, exp_t = float(row.sum()), float(row @ local)
+    else:
+        expansions = {k[0]: float("inf") for k in keys}
+    if rho_net < 1:
+        row = np.linalg.solve(np.eye(len(keys)) - enet.T, _unit(len(keys), 0))
+        net_t = float(row @ local)
+
+    critical = {}
+    for head in _recursive(table, keys, e):
+        term = _terminating(table, head)
+        now = sum(a.prob for a in table.rules[head][0].alternatives if id(a) in term)
+        critical[head] = (_critical(probs, head, table, lambda p: _radius(matrices(p)[0])),
+                          _critical(probs, head, table, lambda p: _radius(matrices(p)[1])), now)
+    return Report(rho, rho_net, expansions, exp_nt, exp_t, net_t, critical, mode)
+
+
+def _contributions(table, sol: Solution, keys, index):
+    """Per (key, alternative): derivation and network child-count rows and op count."""
+    parts = []
+    n = len(keys)
+    for key in keys:
+        rule = table.rule_for(key[0], env_of(key))
+        for alt in rule.alternatives:
+            trace = _Trace()
+            _run_body(table, alt, key, sol.out, True, trace)
+            d, net = np.zeros(n), np.zeros(n)
+            for child, (cd, cn) in trace.children.items():
+                if child in index:
+                    d[index[child]] += cd
+                    net[index[child]] += cn
+            parts.append((index[key], alt, d, net, len(alt.ops)))
+    return parts
+
+
+def _radius(m: np.ndarray) -> float:
+    return float(max(abs(np.linalg.eigvals(m)))) if m.size else 0.0
+
+
+def _unit(n: int, i: int) -> np.ndarray:
+    v = np.zeros(n)
+    v[i] = 1.0
+    return v
+
+
+def _recursive(table: RuleTable, keys, e: np.ndarray) -> list[str]:
+    """Nonterminals that can (with positive probability) expand to themselves."""
+    n = len(keys)
+    reach = (e > 0).astype(float)
+    closure = reach.copy()
+    for _ in range(n):
+        closure = np.minimum(1.0, closure + closure @ reach)
+    heads = []
+    for i, k in enumerate(keys):
+        if closure[i, i] > 0 and k[0] not in heads:
+            heads.append(k[0])
+    return heads
+
+
+def _terminating(table: RuleTable, head: str) -> set[int]:
+    """Alternatives of ``head`` with no nonterminal that can lead back to ``head``."""
+    back = _leads_to(table, head)
+    return {id(a) for r in table.rules[head] for a in r.alternatives
+            if not any(ref.name in back for ref in a.refs)}
+
+
+def _leads_to(table: RuleTable, head: str) -> set[str]:
+    """Nonterminals from which ``head`` can be derived (ignoring states)."""
+    users: dict[str, set[str]] = {}
+    for h, rules in table.rules.items():
+        for r in rules:
+            for a in r.alternatives:
+                for ref in a.refs:
+                    users.setdefault(ref.name, set()).add(h)
+    seen, todo = {head}, [head]
+    while todo:
+        for u in users.get(todo.pop(), ()):
+            if u not in seen:
+                seen.add(u)
+                todo.append(u)
+    return seen
+
+
+def _critical(probs, head, table, radius) -> float:
+    """Smallest total probability of ``head``'s terminating alternatives keeping radius < 1.
+
+    The other alternatives of each rule keep their relative weights; mode distributions are
+    held at the grammar's own (exact whenever, as in einspace, they don't depend on it).
+    """
+    term = _terminating(table, head)
+    rules = table.rules[head]
+
+    def scaled(q: float) -> dict[int, float]:
+        p = dict(probs)
+        for r in rules:
+            t = sum(a.prob for a in r.alternatives if id(a) in term)
+            o = sum(a.prob for a in r.alternatives if id(a) not in term)
+            for a in r.alternatives:
+                if id(a) in term:
+                    p[id(a)] = q * a.prob / t if t > 0 else 0.0
+                else:
+                    p[id(a)] = (1 - q) * a.prob / o if o > 0 else 0.0
+        return p
+
+    if not term:
+        return float("nan")
+    if radius(scaled(0.0)) < 1:
+        return 0.0
+    if radius(scaled(1.0)) >= 1:
+        return float("nan")
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if radius(scaled(mid)) < 1:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -1,0 +1,27 @@
+"""Loading a user's own operations from a Python file the user names explicitly.
+
+This is the only place einc runs user code, and only for a path given on the command line
+or to the API; a .ein file can name operations but never load them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .errors import EinError
+from .ops import Op
+
+
+def load_plugin(path: str | Path) -> list[Op]:
+    """The ``OPS`` list of the Python file at ``path``."""
+    p = Path(path)
+    spec = importlib.util.spec_from_file_location(f"einc_plugin_{p.stem}", p)
+    if spec is None or spec.loader is None or not p.is_file():
+        raise EinError(f'{path}: error: cannot load plugin: no such Python file')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ops = getattr(module, "OPS", None)
+    if not isinstance(ops, (list, tuple)) or not all(isinstance(o, Op) for o in ops):
+        raise EinError(f"{path}: error: a plugin defines OPS, a list of einc.ops.Op")
+    return list(ops)
