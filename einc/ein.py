@@ -254,8 +254,8 @@ def _syntax_error(err: UnexpectedInput, path: str, sources: _Sources) -> Diagnos
     else:
         assert isinstance(err, UnexpectedToken)
         tok = err.token
-        found = "the end of the file" if tok.type == "$END" else (
-            "a new line" if tok.type in ("_NL",) else f'"{str(tok).strip()}"')
+        found = "end of file" if tok.type == "$END" else (
+            "new line" if tok.type in ("_NL",) else f'"{str(tok).strip()}"')
         msg = f"unexpected {found}"
         if tok.type == "_OR" and "\n" in str(tok):
             line, col = tok.end_line, tok.end_column - 1
@@ -270,18 +270,31 @@ def _read(path: Path, sources: _Sources, stack: tuple[str, ...], diags: list[Dia
           at: Span | None) -> list:
     """Raw items of ``path`` and of everything it includes, in order."""
     key = str(path)
-    if key in stack:
+    if _same_file(key, stack):
         diags.append(sources.diag(at, "include", f'"{path.name}" includes itself (through '
-                                  + " -> ".join(Path(s).name for s in stack) + ")"))
+                                  + " -> ".join([*(Path(s).name for s in stack), path.name]) + ")"))
         return []
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():  # a device or pipe may never end
+            raise OSError(0, "not a regular file")
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL in the path
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror else
+                  str(e) if type(e) is ValueError else type(e).__name__)
         diags.append(sources.diag(at, "include", f'cannot read "{path}": {reason}')
                      if at else Diagnostic(Span(key, 1, 1), "error", "include", f'cannot read "{path}": {reason}'))
         return []
     return _read_text(text, key, sources, stack, diags)
+
+
+def _same_file(key: str, stack: tuple[str, ...]) -> bool:
+    """Whether ``key`` names a file already being read (the top file's path may be relative)."""
+    def norm(k: str) -> str:
+        try:
+            return str(Path(k).resolve())
+        except (OSError, ValueError):
+            return k
+    return norm(key) in {norm(s) for s in stack}
 
 
 def _read_text(text: str, key: str, sources: _Sources, stack: tuple[str, ...],
@@ -304,8 +317,11 @@ def _read_text(text: str, key: str, sources: _Sources, stack: tuple[str, ...],
     for item in items:
         if isinstance(item, _RawItem) and item.kind == "include":
             target = (Path(key).parent / item.data[0])
-            out.extend(_read(target.resolve() if target.exists() else target, sources,
-                             stack + (key,), diags, item.span))
+            try:
+                target = target.resolve() if target.exists() else target
+            except (OSError, ValueError):  # a name too long, a NUL: _read reports it
+                pass
+            out.extend(_read(target, sources, stack + (key,), diags, item.span))
         else:
             out.append(item)
     return out

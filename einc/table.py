@@ -147,6 +147,7 @@ class RuleTable:
     rules: Mapping[str, tuple[Rule, ...]]
     library: Library
     source: str = field(default="", compare=False, repr=False)  # text of the top file, for hashes
+    cache: dict = field(default_factory=dict, compare=False, repr=False)  # derived lookups, by users
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))

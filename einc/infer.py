@@ -1,0 +1,110 @@
+"""Static shapes and costs of a derivation tree: no tensor, no module is built.
+
+Walks the tree with real features (shapes, modes, im2col grids), applying each operation's
+shape rule; reports the output of every layer, parameters, FLOPs and activation elements.
+A repeated subtree counts once per copy. An operation that refuses its input raises
+``ShapeError`` naming the node's path, its column in the string and the violated rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ShapeError
+from .ops import Features, Library, NotApplicable, feature_for
+from .tree import Expansion, Fork, Leaf, Node, Path
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    path: Path
+    op: str
+    args: tuple
+    inputs: Features
+    outputs: Features
+    params: int
+    flops: int
+    copies: int  # how many times a repeated subtree instantiates this layer
+
+
+@dataclass(frozen=True)
+class Inference:
+    input: Features
+    output: Features
+    layers: tuple[Layer, ...]
+
+    @property
+    def params(self) -> int:
+        return sum(l.params * l.copies for l in self.layers)
+
+    @property
+    def flops(self) -> int:
+        return sum(l.flops * l.copies for l in self.layers)
+
+    @property
+    def activations(self) -> int:
+        """Elements of every layer's output, per sample (what training keeps for backward)."""
+        return sum(sum(f.numel for f in l.outputs) * l.copies for l in self.layers)
+
+
+def infer(tree: Node, library: Library, input_shape: tuple[int, ...], text: str | None = None) -> Inference:
+    """Shapes and costs of ``tree`` on a per-sample input of ``input_shape`` (batch excluded)."""
+    inp = (feature_for(tuple(input_shape)),)
+    layers: list[Layer] = []
+    try:
+        out = _walk(tree, inp, (), 1, library, layers, text)
+    except RecursionError:
+        raise ShapeError("the tree is too deep to analyse") from None
+    return Inference(inp, out, tuple(layers))
+
+
+def _walk(node: Node, fs: Features, path: Path, copies: int, library: Library, layers: list[Layer],
+          text: str | None) -> Features:
+    if isinstance(node, Leaf):
+        op = library.get(node.op)
+        if op is None:
+            raise ShapeError(f'unknown operation "{node.op}"', text, *_where(node), path)
+        try:
+            out = op.apply(fs, node.args)
+        except NotApplicable as e:
+            raise ShapeError(f"{node.op}: {e} (input {', '.join(map(str, fs))})", text, *_where(node), path) from None
+        cost = op.cost(fs, **dict(node.args))
+        layers.append(Layer(path, node.op, node.args, fs, out, cost.params, cost.flops, copies))
+        return out
+    if isinstance(node, Expansion):
+        for i, child in enumerate(node.children):
+            fs = _walk(child, fs, path + (i,), copies, library, layers, text)
+        return fs
+    assert isinstance(node, Fork)
+    if len(fs) != node.copies:
+        raise ShapeError(f"a {node.copies}-way branch list after {len(fs)} features", text, *_where(node), path)
+    outs = []
+    if node.repeated:
+        for i, f in enumerate(fs):
+            if i and f == fs[0]:
+                outs.append(outs[0])  # same input, same subtree: same output
+                continue
+            mark = len(layers)
+            outs.append(_one(_walk(node.children[0], (f,), path + (0,), copies, library, layers, text),
+                             node, path, text))
+            if i == 0 and all(g == f for g in fs):
+                for j in range(mark, len(layers)):  # one walk stands for every copy
+                    l = layers[j]
+                    layers[j] = Layer(l.path, l.op, l.args, l.inputs, l.outputs, l.params, l.flops,
+                                      l.copies * node.copies)
+                outs.extend([outs[0]] * (len(fs) - 1))
+                break
+    else:
+        for i, (child, f) in enumerate(zip(node.children, fs)):
+            outs.append(_one(_walk(child, (f,), path + (i,), copies, library, layers, text), node, path, text))
+    return tuple(outs)
+
+
+def _one(out: Features, node: Fork, path: Path, text) -> "Feature":
+    if len(out) != 1:
+        raise ShapeError("a branch must end in one feature", text, *_where(node), path)
+    return out[0]
+
+
+def _where(node: Node) -> tuple[int, int]:
+    return (node.span.line, node.span.col) if node.span else (1, 0)

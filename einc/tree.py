@@ -1,0 +1,119 @@
+"""The one derivation-tree type: what an architecture *is*, for any .ein grammar.
+
+* ``Expansion(head, label, children)``: nonterminal ``head`` expanded by the alternative
+  named ``label`` (None for an unlabelled one); one child per body element.
+* ``Leaf(op, args)``: an operation with its hyperparameters, sorted by name.
+* ``Fork(children, repeated)``: a branch block; one child per branch, or, when ``repeated``,
+  one child standing for all ``copies`` branches (same structure, separate weights).
+
+Trees are frozen and compare by structure; ``span`` (where a node was written) is left out of
+comparisons, so ``parse(show(t)) == t`` is plain equality. The alternative a node used is not
+stored: it is recovered from the grammar, so a tree stays meaningful as text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .errors import Span
+from .ops import Args
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    op: str
+    args: Args = ()
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    children: tuple["Node", ...]
+    repeated: bool = False
+    copies: int = 0  # number of branches; equals len(children) unless repeated
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    head: str
+    label: str | None
+    children: tuple["Node", ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+Node = Expansion | Leaf | Fork
+Path = tuple[int, ...]
+
+
+def walk(tree: Node) -> Iterator[tuple[Path, Node]]:
+    """Every node with its path (child indices from the root), parents first; iterative."""
+    stack: list[tuple[Path, Node]] = [((), tree)]
+    while stack:
+        path, node = stack.pop()
+        yield path, node
+        if not isinstance(node, Leaf):
+            for i in range(len(node.children) - 1, -1, -1):
+                stack.append((path + (i,), node.children[i]))
+
+
+def at(tree: Node, path: Path) -> Node:
+    node = tree
+    for i in path:
+        node = node.children[i]  # type: ignore[union-attr]
+    return node
+
+
+def replace_at(tree: Node, path: Path, new: Node) -> Node:
+    """A copy of ``tree`` with the subtree at ``path`` replaced; shares everything else."""
+    if not path:
+        return new
+    spine = [tree]
+    for i in path[:-1]:
+        spine.append(spine[-1].children[i])  # type: ignore[union-attr]
+    for parent, i in zip(reversed(spine), reversed(path)):
+        kids = list(parent.children)  # type: ignore[union-attr]
+        kids[i] = new
+        new = _with_children(parent, tuple(kids))
+    return new
+
+
+def _with_children(node: Node, children: tuple[Node, ...]) -> Node:
+    if isinstance(node, Expansion):
+        return Expansion(node.head, node.label, children, node.span)
+    assert isinstance(node, Fork)
+    return Fork(children, node.repeated, node.copies, node.span)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Derivation size as in the paper's Table 6, and the network's operation count."""
+
+    nonterminals: int
+    terminals: int
+    network_ops: int  # leaves counted once per repeated copy
+    depth: int
+    branching: tuple[int, ...]  # the factor of every fork
+
+
+def counts(tree: Node) -> Counts:
+    nt = t = ops = depth = 0
+    factors = []
+    stack: list[tuple[Node, int, int]] = [(tree, 1, 1)]
+    while stack:
+        node, mult, d = stack.pop()
+        depth = max(depth, d)
+        if isinstance(node, Leaf):
+            t += 1
+            ops += mult
+            continue
+        if isinstance(node, Expansion):
+            nt += 1
+        else:
+            factors.append(node.copies)
+            if node.repeated:
+                mult *= node.copies
+        for c in node.children:
+            stack.append((c, mult, d + 1))
+    return Counts(nt, t, ops, depth, tuple(factors))
