@@ -1,14 +1,19 @@
 """einc: a compiler and search runtime for neural-architecture search spaces written as grammars.
 
     >>> import einc
-    >>> g = einc.load("einspace")            # or a path to your own .ein file
-    >>> g.start.symbol
-    'S'
+    >>> g = einc.load("einspace")            # or the path of your own .ein file
+    >>> arch = g.parse("sequential(routing(im2col(k=4, s=4, p=0), linear(d=64), identity), relu)")
+    >>> arch.infer((3, 32, 32)).output[0].shape
+    (64, 64)
+
+``einc.build(arch, input_shape=(3, 32, 32), num_classes=10)`` lowers it to a torch.fx
+GraphModule; torch is imported only then.
 """
 
+from .api import Architecture, Grammar, build, compile_grammar, load
 from .errors import EinError
-from .ein import compile_ein, load
-from .table import RuleTable
+from .tree import Expansion, Fork, Leaf
 
 __version__ = "0.1.0"
-__all__ = ["EinError", "RuleTable", "__version__", "compile_ein", "load"]
+__all__ = ["Architecture", "EinError", "Expansion", "Fork", "Grammar", "Leaf", "__version__", "build",
+           "compile_grammar", "load"]

@@ -1,0 +1,246 @@
+"""Datasets for a search: loaders for the Unseen-NAS layout, .npz and x/y pairs, plus an embedded task.
+
+Every loader validates what it reads (one located ``DataError`` per fault, never a traceback) and,
+by default, normalises each channel with statistics of the training split only (paper B.1), so
+valid/test never leak into preprocessing. x is float32, ``N x C x H x W`` (Im mode) or ``N x S x D``
+(Col mode, where D is the channel axis); y is int64 class indices in ``[0, num_classes)``.
+
+    >>> d = load_data("digits")            # no download: sklearn's 8x8 digits, AddNIST-style
+    >>> d.input_shape, d.num_classes, d.train_x.shape
+    ((3, 8, 8), 28, (3000, 3, 8, 8))
+"""
+
+from __future__ import annotations
+
+import functools
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from einc.errors import EinError
+
+SPLITS = ("train", "valid", "test")
+KEYS = tuple(f"{s}_{a}" for s in SPLITS for a in ("x", "y"))
+
+
+class DataError(EinError):
+    """A data file is missing, unreadable or malformed; the message names the file and key."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Three splits held in memory; ``input_shape`` is one sample's shape (no batch axis)."""
+
+    name: str
+    train_x: np.ndarray
+    train_y: np.ndarray
+    valid_x: np.ndarray
+    valid_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    def __repr__(self) -> str:
+        sizes = "/".join(str(len(getattr(self, f"{s}_y"))) for s in SPLITS)
+        return f"Dataset({self.name!r}, input_shape={self.input_shape}, classes={self.num_classes}, n={sizes})"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_x(x: np.ndarray, where: str, ranks: tuple[int, ...] = (3, 4)) -> np.ndarray:
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{where}: error: inputs must be numeric, not {x.dtype}")
+    if x.ndim not in ranks:
+        want = " or ".join({3: "N x S x D", 4: "N x C x H x W"}[r] for r in ranks)
+        hint = "; add a channel axis" if x.ndim == 3 and ranks == (4,) else ""
+        raise DataError(f"{where}: error: inputs must be {want}; got shape {x.shape}{hint}")
+    if x.shape[0] == 0:
+        raise DataError(f"{where}: error: the split is empty")
+    if min(x.shape[1:]) < 1:
+        raise DataError(f"{where}: error: samples have an empty axis; shape {x.shape}")
+    x = x.astype(np.float32, copy=False)
+    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if not finite.all():
+        raise DataError(f"{where}: error: inputs contain NaN or inf (first in sample {int(np.argmin(finite))})")
+    return x
+
+
+def _check_y(y: np.ndarray, where: str) -> np.ndarray:
+    if y.ndim != 1:
+        raise DataError(f"{where}: error: labels must be a vector of N class indices; got shape {y.shape}")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{where}: error: labels must be integers; sample {i} has label {y[i]!r}")
+    elif y.dtype.kind not in "iu":
+        raise DataError(f"{where}: error: labels must be integers, not {y.dtype}")
+    if len(y) and y.min() < 0:
+        i = int(np.argmin(y))
+        raise DataError(f"{where}: error: labels must be non-negative; sample {i} has label {y[i]}")
+    return y.astype(np.int64)
+
+
+def _finish(name: str, arrays: dict[str, np.ndarray], where: dict[str, str], num_classes: int | None,
+            normalise: bool, ranks: tuple[int, ...] = (3, 4)) -> Dataset:
+    """Validate six arrays (keyed as in ``KEYS``), agree shapes and classes, normalise, build."""
+    xs = {s: _check_x(arrays[f"{s}_x"], where[f"{s}_x"], ranks) for s in SPLITS}
+    ys = {s: _check_y(arrays[f"{s}_y"], where[f"{s}_y"]) for s in SPLITS}
+    for s in SPLITS:
+        if len(xs[s]) != len(ys[s]):
+            raise DataError(f"{where[f'{s}_y']}: error: {len(ys[s])} labels for {len(xs[s])} inputs "
+                            f'in "{s}_x"; they must have the same length')
+        if xs[s].shape[1:] != xs["train"].shape[1:]:
+            raise DataError(f"{where[f'{s}_x']}: error: samples have shape {xs[s].shape[1:]} but "
+                            f'"train_x" samples have shape {xs["train"].shape[1:]}')
+    classes = int(ys["train"].max()) + 1 if num_classes is None else num_classes
+    for s in SPLITS:
+        if ys[s].max() >= classes:
+            i = int(np.argmax(ys[s]))
+            known = "the task has" if num_classes is not None else '"train_y" has'
+            raise DataError(f"{where[f'{s}_y']}: error: label {ys[s][i]} of sample {i} is out of range; "
+                            f"{known} classes 0..{classes - 1}")
+    if normalise:
+        xs = _normalise(xs)
+    return Dataset(name, xs["train"], ys["train"], xs["valid"], ys["valid"], xs["test"], ys["test"],
+                   classes, tuple(int(n) for n in xs["train"].shape[1:]))
+
+
+def _normalise(xs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-channel (axis 1 of N C H W, last axis of N S D) zero mean, unit std from train only."""
+    train = xs["train"]
+    axis = 1 if train.ndim == 4 else train.ndim - 1
+    moved = np.moveaxis(train, axis, 0)
+    # One channel at a time, in float64: exact enough and never a float64 copy of the whole split.
+    mean = np.array([c.mean(dtype=np.float64) for c in moved])
+    std = np.array([c.std(dtype=np.float64) for c in moved])
+    std[std < 1e-8] = 1.0  # a constant channel is centred, not blown up
+    shape = [1] * train.ndim
+    shape[axis] = -1
+    m, s = mean.astype(np.float32).reshape(shape), std.astype(np.float32).reshape(shape)
+    return {k: ((x - m) / s).astype(np.float32, copy=False) for k, x in xs.items()}
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f'{path}: error: missing split file "{path.name}"')
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: error: cannot read as a .npy array ({_one_line(e)})") from None
+
+
+def load_unseen_nas(directory: str | Path, num_classes: int | None = None, normalise: bool = True) -> Dataset:
+    """The Unseen-NAS folder layout: ``{train,valid,test}_{x,y}.npy``, x as N x C x H x W."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: error: not a folder with train_x.npy, train_y.npy, valid_x.npy, ...")
+    paths = {k: d / f"{k}.npy" for k in KEYS}
+    arrays = {k: _load_npy(p) for k, p in paths.items()}
+    return _finish(d.name, arrays, {k: str(p) for k, p in paths.items()}, num_classes, normalise, ranks=(4,))
+
+
+def load_npz(path: str | Path, num_classes: int | None = None, normalise: bool = True) -> Dataset:
+    """One .npz holding the six arrays ``{train,valid,test}_{x,y}``."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: error: no such .npz file")
+    try:
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DataError(f"{p}: error: holds a single .npy array, not a .npz archive of six arrays")
+        with z:
+            missing = [k for k in KEYS if k not in z.files]
+            if missing:
+                raise DataError(f'{p}: error: missing key "{missing[0]}"; a .npz needs '
+                                + ", ".join(KEYS) + f" (it has {', '.join(z.files) or 'none'})")
+            arrays = {}
+            for k in KEYS:
+                try:
+                    arrays[k] = z[k]
+                except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                    raise DataError(f'{p}: error: key "{k}" cannot be read ({_one_line(e)})') from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{p}: error: cannot read as a .npz archive ({_one_line(e)})") from None
+    return _finish(p.stem, arrays, {k: f'{p}: "{k}"' for k in KEYS}, num_classes, normalise)
+
+
+def load_pair(x_path: str | Path, y_path: str | Path, seed: int = 0, num_classes: int | None = None,
+              normalise: bool = True) -> Dataset:
+    """One x.npy and one y.npy, split 70/15/15 into train/valid/test by a permutation seeded by ``seed``."""
+    xp, yp = Path(x_path), Path(y_path)
+    x = _check_x(_load_npy(xp), str(xp))
+    y = _check_y(_load_npy(yp), str(yp))
+    if len(x) != len(y):
+        raise DataError(f"{yp}: error: {len(y)} labels for {len(x)} inputs in {xp}; they must have the same length")
+    if len(x) < 3:
+        raise DataError(f"{xp}: error: {len(x)} samples cannot be split into train, valid and test")
+    perm = np.random.default_rng(seed).permutation(len(x))
+    a, b = max(1, round(0.70 * len(x))), max(2, round(0.85 * len(x)))
+    b = min(b, len(x) - 1)
+    parts = dict(zip(SPLITS, np.split(perm, [a, b])))
+    arrays = {f"{s}_{v}": arr[parts[s]] for s in SPLITS for v, arr in (("x", x), ("y", y))}
+    where = {f"{s}_{v}": f"{xp if v == 'x' else yp} ({s} split)" for s in SPLITS for v in ("x", "y")}
+    classes = int(y.max()) + 1 if num_classes is None else num_classes  # all labels, not just train's
+    return _finish(xp.stem, arrays, where, classes, normalise)
+
+
+def digits_task(seed: int = 0, sizes: tuple[int, int, int] = (3000, 600, 600), normalise: bool = True) -> Dataset:
+    """AddNIST in miniature, with no download: three 8x8 digits as channels, label = their sum (28 classes).
+
+    The 1797 base images are first split 70/15/15 into disjoint pools, and each split draws its
+    triples from its own pool only, so no base image is seen in more than one split.
+    """
+    from sklearn.datasets import load_digits  # heavy; only this task needs it
+
+    base = load_digits()
+    images, digits = base.images.astype(np.float32), base.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(images))
+    pools = np.split(perm, [int(0.70 * len(perm)), int(0.85 * len(perm))])
+    arrays: dict[str, np.ndarray] = {}
+    for split, pool, size in zip(SPLITS, pools, sizes):
+        pick = pool[rng.integers(0, len(pool), size=(size, 3))]  # (size, 3) base-image indices
+        arrays[f"{split}_x"] = images[pick]                        # (size, 3, 8, 8)
+        arrays[f"{split}_y"] = digits[pick].sum(axis=1)
+    where = {k: f"digits ({k})" for k in KEYS}
+    return _finish("digits", arrays, where, 28, normalise)
+
+
+def load_data(spec: str, seed: int = 0, normalise: bool = True) -> Dataset:
+    """Resolve a data spec: ``"digits"``, an Unseen-NAS folder, a ``.npz`` file, or ``"x.npy,y.npy"``.
+
+    ``seed`` only matters where the loader draws a split (``digits``, an x/y pair).
+    """
+    if spec == "digits":
+        return digits_task(seed, normalise=normalise)
+    if "," in spec and not Path(spec).exists():
+        x_path, _, y_path = spec.partition(",")
+        return load_pair(x_path.strip(), y_path.strip(), seed, normalise=normalise)
+    p = Path(spec)
+    if p.is_dir():
+        return load_unseen_nas(p, normalise=normalise)
+    expected = 'expected "digits", an Unseen-NAS folder, a .npz file or "x.npy,y.npy"'
+    if p.suffix == ".npz":
+        return load_npz(p, normalise=normalise)
+    if not p.exists():
+        raise DataError(f"{spec}: error: no such file or folder; {expected}")
+    raise DataError(f"{spec}: error: unknown data format; {expected}")
+
+
+@functools.lru_cache(maxsize=2)
+def load_data_cached(spec: str, seed: int = 0, normalise: bool = True) -> Dataset:
+    """``load_data`` memoised per process, for persistent evaluation workers; treat the arrays as read-only."""
+    return load_data(spec, seed, normalise)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
