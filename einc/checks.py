@@ -49,7 +49,8 @@ def check_overlapping_rules(table: RuleTable, diag: Diag) -> list[Diagnostic]:
 
 def _common_env(table: RuleTable, a, b) -> dict | None:
     params = sorted(table.params.items())
-    bs = sorted({1} | {v for r in (a, b) for g in r.guards if g.param == "b" for v in g.values})
+    bs = sorted({1} | {v for r in (a, b) for g in r.guards if g.param == "b" for v in g.values
+                       if type(v) is int})  # other values are bad-guard errors already
     for m, bval, *rest in itertools.product(MODES, bs, *[sorted(vs, key=repr) for _, vs in params]):
         env = {"m": m, "b": bval, **{k: v for (k, _), v in zip(params, rest)}}
         if a.matches(env) and b.matches(env):
@@ -68,7 +69,7 @@ def check_branch_arms(table: RuleTable, diag: Diag) -> list[Diagnostic]:
                         continue
                     seen.add(id(el))
                     for arm in el.arms:
-                        bs = [v for g in arm.guards if g.param == "b" for v in g.values]
+                        bs = [v for g in arm.guards if g.param == "b" for v in g.values if type(v) is int]
                         if not arm.repeated and bs and len(arm.items) not in bs:
                             out.append(diag(arm.span, "bad-branches",
                                             f"{len(arm.items)} independent branches can never match "

@@ -380,7 +380,7 @@ def _start(item: _RawItem, params, sources: _Sources, diags) -> Start:
             else:
                 mode = value
         elif name in params:
-            if value not in params[name]:
+            if not _member(value, params[name]):
                 diags.append(sources.diag(span, "bad-start", f'{name}={show_value(value)} is not a declared value'))
             values[name] = value
         else:
@@ -397,13 +397,18 @@ def _start(item: _RawItem, params, sources: _Sources, diags) -> Start:
     return Start(symbol, shape, mode, tuple(sorted(values.items())), item.span)
 
 
+def _member(value: Value, domain) -> bool:
+    """``value in domain`` without Python's true == 1: a declared {0, 1} does not take true."""
+    return any(value == d and type(value) is type(d) for d in domain)
+
+
 def _check_guard(g: Guard, params, sources: _Sources, diags) -> None:
     if g.param == "m":
         bad = [v for v in g.values if v not in MODES]
     elif g.param == "b":
         bad = [v for v in g.values if not (type(v) is int and v >= 1)]
     elif g.param in params:
-        bad = [v for v in g.values if v not in params[g.param]]
+        bad = [v for v in g.values if not _member(v, params[g.param])]
     else:
         diags.append(sources.diag(g.span, "bad-guard", f'guard on unknown parameter "{g.param}"; '
                                   "guards read m, b or a declared param"))
@@ -466,7 +471,7 @@ def _sets(sets, params, sources: _Sources, diags) -> tuple[tuple[str, Value], ..
         if name not in params:
             diags.append(sources.diag(span, "bad-guard", f'"{name}" is not a declared param; '
                                       "only declared params can be set"))
-        elif value not in params[name]:
+        elif not _member(value, params[name]):
             diags.append(sources.diag(span, "bad-guard", f"{name} never takes the value {show_value(value)}"))
         elif name in out:
             diags.append(sources.diag(span, "duplicate-param", f'"{name}" is set twice'))

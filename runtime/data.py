@@ -76,7 +76,7 @@ def _check_y(y: np.ndarray, where: str) -> np.ndarray:
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(f"{where}: error: labels must be integers; sample {i} has label {y[i]!r}")
+            raise DataError(f"{where}: error: labels must be integers; sample {i} has label {y[i].item()!r}")
     elif y.dtype.kind not in "iu":
         raise DataError(f"{where}: error: labels must be integers, not {y.dtype}")
     if len(y) and y.min() < 0:

@@ -1,0 +1,331 @@
+"""Run evaluation jobs and yield their outcomes as they finish, isolated from the search process.
+
+A search submits ``Job``s and iterates ``results()``; submitting more while iterating is allowed,
+which is all a steady-state search (regularised evolution) needs::
+
+    with LocalEvaluator(workers=4, time_limit=300) as ev:
+        for _ in range(4):
+            ev.submit(next_job())
+        for outcome in ev.results():        # ends when nothing is pending
+            journal.append(...)
+            if budget_left():
+                ev.submit(next_job())
+
+``LocalEvaluator`` runs each job in a worker process (spawn context) that is reused across jobs
+and replaced after any failure, so a crash, segfault, OOM kill or runaway candidate costs one
+failed ``Outcome``, never the search. ``InlineEvaluator`` runs jobs in-process, for tests and
+debuggers. A distributed backend (e.g. Ray) only has to implement the ``Evaluator`` protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Protocol
+
+from einc.errors import EinError
+
+from .journal import json_default
+
+
+class EvaluatorError(EinError):
+    """An evaluator was set up with impossible settings."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """``fn(**kwargs)`` must return a JSON-able dict; ``fn`` must be a top-level (picklable) function."""
+
+    key: str
+    fn: Callable[..., dict[str, Any]]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one job. ``reason`` is one line, ``"Kind: message"``; ``detail`` a traceback for logs."""
+
+    key: str
+    status: str                         # "ok" | "failed"
+    result: dict[str, Any] | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Evaluator(Protocol):
+    """Runs submitted jobs, possibly several at once, and yields outcomes in completion order."""
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; it starts as soon as a worker is free. Never blocks on a running job."""
+
+    def results(self) -> Iterator[Outcome]:
+        """Yield outcomes as jobs finish, including jobs submitted meanwhile; stop when none is pending."""
+
+    @property
+    def pending(self) -> int:
+        """Submitted jobs whose outcome has not been yielded yet."""
+
+    def close(self) -> None:
+        """Stop all workers; queued and running jobs are dropped."""
+
+
+# --------------------------------------------------------------------------- running one job
+
+
+def _call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None,
+                                                                    str | None]:
+    """(status, result, reason, detail); the result comes back as plain JSON (numpy scalars converted)."""
+    try:
+        result = fn(**kwargs)
+        if not isinstance(result, dict):
+            raise TypeError(f"a job returns a dict, not {type(result).__name__}")
+        try:
+            result = json.loads(json.dumps(result, allow_nan=False, default=json_default))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"the job's result is not plain JSON ({e})") from None
+        return "ok", result, None, None
+    except (Exception, SystemExit) as e:
+        return "failed", None, _reason(e), traceback.format_exc()
+
+
+def _reason(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+class InlineEvaluator:
+    """Runs jobs one at a time in this process, when ``results()`` asks; no isolation, no time limit."""
+
+    def __init__(self) -> None:
+        self._queue: deque[Job] = deque()
+
+    def submit(self, job: Job) -> None:
+        self._queue.append(job)
+
+    def results(self) -> Iterator[Outcome]:
+        while self._queue:
+            job = self._queue.popleft()
+            start = time.monotonic()
+            status, result, reason, detail = _call(job.fn, job.kwargs)
+            yield Outcome(job.key, status, result, reason, time.monotonic() - start, detail)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        self._queue.clear()
+
+    def __enter__(self) -> InlineEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _worker(conn: Connection, threads: int | None) -> None:
+    """Worker loop: receive (fn, kwargs), reply (status, result, reason, detail); exit after a failure."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search's to handle; it then kills us
+    if threads:
+        for var in _THREAD_VARS:  # read by torch/numpy when they are first imported, by the first job
+            os.environ[var] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the search went away
+        try:
+            message = pickle.loads(data)
+        except Exception as e:
+            conn.send(("failed", None, f"{_reason(e)} (while loading the job in the worker)", traceback.format_exc()))
+            return
+        if message is None:
+            return
+        reply = _call(*message)
+        try:
+            conn.send(reply)
+        except Exception as e:
+            conn.send(("failed", None, f"{_reason(e)} (while sending the result back)", None))
+            return
+        if reply[0] != "ok":
+            return  # a failed job may leave the process damaged (CUDA context, leaked memory): start afresh
+
+
+@dataclass
+class _Slot:
+    proc: BaseProcess | None = None
+    conn: Connection | None = None
+    job: Job | None = None
+    started: float = 0.0
+
+
+class LocalEvaluator:
+    """``workers`` persistent spawn-context processes on this machine, each job killed after ``time_limit`` s.
+
+    ``threads`` caps torch/BLAS threads per worker (set it to cores // workers for CPU training).
+    The time limit counts from dispatch, so it includes a fresh worker's start (well under a second,
+    plus whatever the job imports).
+    """
+
+    def __init__(self, workers: int = 1, time_limit: float | None = None, threads: int | None = None):
+        if workers < 1:
+            raise EvaluatorError(f"workers={workers}; at least one worker is needed")
+        if time_limit is not None and not time_limit > 0:
+            raise EvaluatorError(f"time_limit={time_limit}; it must be a positive number of seconds")
+        self.time_limit, self.threads = time_limit, threads
+        self._ctx = mp.get_context("spawn")
+        self._slots = [_Slot() for _ in range(workers)]
+        self._queue: deque[Job] = deque()
+        self._done: deque[Outcome] = deque()
+
+    def submit(self, job: Job) -> None:
+        self._queue.append(job)
+        self._dispatch()
+
+    def results(self) -> Iterator[Outcome]:
+        while True:
+            self._dispatch()
+            if self._done:
+                yield self._done.popleft()
+            elif any(s.job for s in self._slots):
+                self._wait()
+            else:
+                return
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._done) + sum(s.job is not None for s in self._slots)
+
+    def close(self) -> None:
+        self._queue.clear()
+        for slot in self._slots:
+            if slot.proc is not None and slot.job is None and slot.conn is not None:
+                try:
+                    slot.conn.send_bytes(pickle.dumps(None))  # let an idle worker exit cleanly
+                    slot.proc.join(timeout=1.0)
+                except OSError:
+                    pass
+            self._retire(slot)
+
+    def __enter__(self) -> LocalEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _start(self, slot: _Slot) -> None:
+        parent, child = self._ctx.Pipe()
+        # daemon: a worker never outlives the search, even when the search itself crashes
+        proc = self._ctx.Process(target=_worker, args=(child, self.threads), daemon=True, name="einc-worker")
+        proc.start()
+        child.close()
+        slot.proc, slot.conn = proc, parent
+
+    def _retire(self, slot: _Slot) -> None:
+        if slot.proc is not None:
+            if slot.proc.is_alive():
+                slot.proc.kill()
+            slot.proc.join()
+        if slot.conn is not None:
+            slot.conn.close()
+        slot.proc = slot.conn = slot.job = None
+
+    def _dispatch(self) -> None:
+        for slot in self._slots:
+            while slot.job is None and self._queue:
+                job = self._queue.popleft()
+                try:
+                    data = bytes(ForkingPickler.dumps((job.fn, job.kwargs)))
+                except Exception as e:
+                    self._done.append(Outcome(job.key, "failed", reason=_reason(e), detail=traceback.format_exc()))
+                    continue
+                for attempt in (1, 2):  # an idle worker may have died since its last job
+                    if slot.proc is None or not slot.proc.is_alive():
+                        self._retire(slot)
+                        self._start(slot)
+                    try:
+                        slot.conn.send_bytes(data)  # type: ignore[union-attr]
+                        slot.job, slot.started = job, time.monotonic()
+                        break
+                    except OSError as e:
+                        self._retire(slot)
+                        if attempt == 2:
+                            self._done.append(Outcome(job.key, "failed", reason=f"WorkerDied: cannot send the "
+                                                      f"job to a worker ({_reason(e)})"))
+
+    def _wait(self) -> None:
+        busy = [s for s in self._slots if s.job is not None]
+        timeout = None
+        if self.time_limit is not None:
+            timeout = max(0.0, min(s.started for s in busy) + self.time_limit - time.monotonic())
+        handles: list[Any] = [s.conn for s in busy] + [s.proc.sentinel for s in busy]  # type: ignore[union-attr]
+        ready = set(wait(handles, timeout))
+        now = time.monotonic()
+        for slot in busy:
+            if slot.conn in ready or slot.proc.sentinel in ready:  # type: ignore[union-attr]
+                self._collect(slot, now)
+            elif self.time_limit is not None and now - slot.started >= self.time_limit:
+                self._finish(slot, now, "failed", None, f"Timeout: time limit of {self.time_limit:g}s exceeded; "
+                             "worker killed", None)
+                self._retire(slot)
+
+    def _collect(self, slot: _Slot, now: float) -> None:
+        assert slot.conn is not None and slot.proc is not None
+        try:
+            if not slot.conn.poll():
+                raise EOFError
+            status, result, reason, detail = slot.conn.recv()
+        except (EOFError, OSError, pickle.UnpicklingError):
+            slot.proc.join(timeout=1.0)
+            self._finish(slot, now, "failed", None, _death(slot.proc.exitcode), None)
+            self._retire(slot)
+            return
+        self._finish(slot, now, status, result, reason, detail)
+        if status != "ok":
+            self._retire(slot)  # the worker exits after a failure; replace it on the next dispatch
+
+    def _finish(self, slot: _Slot, now: float, status: str, result: dict[str, Any] | None, reason: str | None,
+                detail: str | None) -> None:
+        assert slot.job is not None
+        self._done.append(Outcome(slot.job.key, status, result, reason, now - slot.started, detail))
+        slot.job = None
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "WorkerDied: the worker process closed its pipe without replying"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if exitcode == -signal.SIGKILL else ""
+        return f"WorkerDied: the worker process was killed by {name}{hint}"
+    return f"WorkerDied: the worker process exited with code {exitcode}"

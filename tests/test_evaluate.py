@@ -1,0 +1,93 @@
+"""LocalEvaluator isolates failures in worker processes; InlineEvaluator runs the same jobs in-process."""
+
+from __future__ import annotations
+
+import time
+
+import _jobs
+import pytest
+
+from einc.errors import EinError
+from einc.runtime.evaluate import Evaluator, InlineEvaluator, Job, LocalEvaluator, Outcome
+
+
+def run(ev: Evaluator, *jobs: Job) -> dict[str, Outcome]:
+    for job in jobs:
+        ev.submit(job)
+    return {o.key: o for o in ev.results()}
+
+
+def test_successful_jobs_reuse_one_worker_and_return_plain_json():
+    with LocalEvaluator(workers=1) as ev:
+        out = run(ev, Job("a", _jobs.square, {"x": 3}), Job("b", _jobs.pid), Job("c", _jobs.numpy_result))
+        assert ev.pending == 0
+    assert all(o.ok and o.reason is None and o.seconds >= 0 for o in out.values())
+    assert out["a"].result["y"] == 9
+    assert out["a"].result["pid"] == out["b"].result["pid"]  # persistent worker
+    assert out["c"].result == {"acc": 0.5, "n": 3} and type(out["c"].result["acc"]) is float
+
+
+def test_exception_is_a_failed_outcome_and_the_worker_is_replaced():
+    with LocalEvaluator(workers=1) as ev:
+        first = run(ev, Job("p", _jobs.pid))["p"].result["pid"]
+        out = run(ev, Job("bad", _jobs.boom, {"message": "no good"}), Job("wrong", _jobs.not_a_dict),
+                  Job("after", _jobs.pid))
+    assert out["bad"].status == "failed" and out["bad"].reason == "ValueError: no good"
+    assert "Traceback" in out["bad"].detail and out["bad"].result is None
+    assert out["wrong"].reason.startswith("TypeError: a job returns a dict")
+    assert out["after"].ok and out["after"].result["pid"] != first
+
+
+def test_time_limit_kills_the_job_and_the_evaluator_goes_on():
+    with LocalEvaluator(workers=1, time_limit=1.0) as ev:
+        run(ev, Job("warm", _jobs.pid))  # a fresh worker's start counts against the limit
+        start = time.monotonic()
+        out = run(ev, Job("slow", _jobs.sleep, {"seconds": 30}), Job("next", _jobs.square, {"x": 2}))
+        assert time.monotonic() - start < 10
+    assert out["slow"].status == "failed" and "time limit" in out["slow"].reason
+    assert 1.0 <= out["slow"].seconds < 5
+    assert out["next"].ok and out["next"].result["y"] == 4
+
+
+def test_a_dead_worker_is_a_failed_outcome_and_the_evaluator_goes_on():
+    with LocalEvaluator(workers=1) as ev:
+        out = run(ev, Job("exit", _jobs.hard_exit, {"code": 3}), Job("kill", _jobs.self_kill),
+                  Job("next", _jobs.square, {"x": 5}))
+    assert out["exit"].status == "failed" and "exited with code 3" in out["exit"].reason
+    assert out["kill"].status == "failed" and "SIGKILL" in out["kill"].reason
+    assert out["next"].ok and out["next"].result["y"] == 25
+
+
+def test_jobs_run_in_parallel_and_outcomes_come_as_they_finish():
+    with LocalEvaluator(workers=2) as ev:
+        ev.submit(Job("slow", _jobs.sleep, {"seconds": 1.0}))
+        ev.submit(Job("fast", _jobs.sleep, {"seconds": 0.0}))
+        keys = []
+        for outcome in ev.results():
+            keys.append(outcome.key)
+            if outcome.key == "fast":
+                ev.submit(Job("late", _jobs.square, {"x": 1}))  # submitting while iterating is allowed
+        assert ev.pending == 0
+    assert keys[0] == "fast" and sorted(keys) == ["fast", "late", "slow"]
+
+
+def test_an_unpicklable_job_fails_without_harming_the_worker():
+    with LocalEvaluator(workers=1) as ev:
+        out = run(ev, Job("lambda", lambda: {}), Job("next", _jobs.pid))
+    assert out["lambda"].status == "failed" and "pickle" in out["lambda"].reason.lower()
+    assert out["next"].ok
+
+
+def test_inline_evaluator_runs_the_same_jobs_in_process():
+    ev = InlineEvaluator()
+    out = run(ev, Job("a", _jobs.square, {"x": 4}), Job("bad", _jobs.boom), Job("c", _jobs.numpy_result))
+    assert out["a"].ok and out["a"].result["y"] == 16
+    assert out["bad"].reason == "ValueError: bad candidate"
+    assert out["c"].result == {"acc": 0.5, "n": 3}
+    assert ev.pending == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"workers": 0}, {"time_limit": 0}])
+def test_impossible_settings_are_ein_errors(kwargs):
+    with pytest.raises(EinError):
+        LocalEvaluator(**kwargs)
