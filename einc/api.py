@@ -88,11 +88,13 @@ def compile_grammar(text: str, path: str = "<string>", library: Library = BUILTI
 
 
 def build(arch: Architecture, input_shape: tuple[int, ...], num_classes: int | None = None,
-          optimize: bool = True):
+          optimize: bool = True, check: bool = True):
     """A torch.fx GraphModule computing ``arch`` on batches of ``input_shape``.
 
     ``num_classes`` adds the paper's head (B.1): mean over positions, then a linear layer.
+    ``optimize`` applies einc.passes (im2col-linear-col2im becomes Conv2d, ...); ``check``
+    runs a batch of 2 and compares the output shape with shape inference (einc.lower).
     """
     from .lower import lower
 
-    return lower(arch, tuple(input_shape), num_classes=num_classes, optimize=optimize)
+    return lower(arch, tuple(input_shape), num_classes=num_classes, optimize=optimize, check=check)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .errors import EinError
+from .errors import ArchError, EinError
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -99,6 +99,69 @@ def check(file: str, as_json: bool, plugins: tuple[str, ...]) -> None:
     sys.exit(1 if errors else 0)
 
 
+@main.command("compile")
+@click.argument("arch")
+@click.option("--grammar", "-g", default="einspace", show_default=True,
+              help="A bundled grammar's name or the path of a .ein file.")
+@_shape_option
+@click.option("--classes", type=click.IntRange(min=1), default=None,
+              help="Add the classification head (paper B.1): mean over positions, linear to N classes.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the PyTorch source here (default: print it).")
+@click.option("--no-optimize", is_flag=True, help="Keep the graph as lowered (no Conv2d fusion, no rewrites).")
+@click.option("--summary", "show_summary", is_flag=True,
+              help="Print the layer table (shapes, parameters, FLOPs); without -o, instead of the source.")
+@click.option("--class-name", default="Net", show_default=True, help="Name of the emitted nn.Module class.")
+@_plugin_option
+def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize: bool, show_summary: bool,
+             class_name: str, plugins: tuple[str, ...]) -> None:
+    """Compile an architecture to a standalone PyTorch file.
+
+    ARCH is a bracket-notation string or the path of a file holding one.
+    """
+    from . import load
+
+    text, source_path = arch, None
+    if Path(arch).is_file():
+        source_path = arch
+        try:
+            text = Path(arch).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"{arch}:1:1: error: cannot read: {getattr(e, 'strerror', None) or type(e).__name__}")
+    g = load(grammar, load_plugins(plugins))
+    shape = input_shape or g.default_shape()
+    if shape is None:
+        raise click.UsageError(f'the grammar "{grammar}" declares no start shape; give --input')
+    try:
+        parsed = g.parse(text, shape)
+    except ArchError as e:  # also ShapeError; "line:col: error: ..." gets the file's name in front
+        located = source_path is not None and str(e)[:1].isdigit()
+        _fail(f"{source_path}:{e}" if located else str(e))
+    if show_summary:
+        from .summary import summary
+
+        click.echo(summary(parsed.infer(shape), g.library, classes, parsed.tree,
+                           title=f"grammar {grammar}"))
+        if output is None:
+            return
+    if not class_name.isidentifier():
+        raise click.BadParameter(f'"{class_name}" is not a Python identifier', param_hint="--class-name")
+    from .emit import emit
+    from .lower import lower
+
+    gm = lower(parsed, shape, num_classes=classes, optimize=not no_optimize)
+    source = emit(gm, class_name=class_name, header_lines=[f"grammar: {grammar}"])
+    if output is None:
+        click.echo(source, nl=False)
+        return
+    try:
+        Path(output).write_text(source, encoding="utf-8")
+    except OSError as e:
+        _fail(f"{output}: error: cannot write: {e.strerror or type(e).__name__}")
+    params = sum(p.numel() for p in gm.parameters())
+    click.echo(f"wrote {output}: class {class_name}, {params:,} parameters", err=True)
+
+
 def _num(x: float) -> float | str | None:
     if x != x:
         return None
@@ -153,6 +216,128 @@ def _fmt(x: float) -> str:
     if x != x:
         return "none"
     return "infinite" if math.isinf(x) else f"{x:.4g}"
+
+
+def _budget_options(f):
+    from .sample import Budget
+
+    d = Budget()
+    for name, help_ in reversed([("max-params", "parameters"), ("max-flops", "FLOPs per sample"),
+                                 ("max-activations", "activation elements per sample"),
+                                 ("max-nodes", "derivation nodes"), ("max-depth", "derivation depth")]):
+        f = click.option(f"--{name}", type=click.IntRange(1), default=getattr(d, name.replace("-", "_")),
+                         show_default=True, help=f"Budget: most {help_}.")(f)
+    return f
+
+
+def _budget(kw):
+    from .sample import Budget
+
+    return Budget(**{k: kw.pop(k) for k in list(kw) if k.startswith("max_")})
+
+
+def _sampling_setup(grammar: str, input_shape, p_stop, plugins):
+    from .api import load
+    from .sample import with_stop_probability
+
+    g = load(grammar, load_plugins(plugins))
+    shape = input_shape or g.default_shape()
+    if shape is None:
+        raise click.BadParameter("the grammar declares no default shape; give --input", param_hint="--input")
+    if p_stop is not None:
+        from .api import Grammar
+
+        g = Grammar(with_stop_probability(g.table, p_stop))
+    return g, shape
+
+
+@main.command()
+@click.argument("grammar")
+@_shape_option
+@click.option("-n", "count", type=click.IntRange(1), default=10, show_default=True, help="How many samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--p-stop", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Probability of the recursive nonterminals' terminating alternatives (einspace: p(M -> C)).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines with size, params, FLOPs.")
+@click.option("--verify", is_flag=True, help="Build every sample, run a batch of 2, check the output shape.")
+@_budget_options
+@_plugin_option
+def sample(grammar, input_shape, count, seed, p_stop, as_json, verify, plugins, **kw) -> None:
+    """Print COUNT architectures sampled from GRAMMAR (a .ein path or a bundled name)."""
+    import random
+
+    from .arch import show
+    from .infer import infer
+    from .sample import Sampler
+    from .tree import counts
+
+    g, shape = _sampling_setup(grammar, input_shape, p_stop, plugins)
+    sampler = Sampler(g.table, shape, _budget(kw))
+    rng = random.Random(seed)
+    failures = 0
+    for i in range(count):
+        tree = sampler.sample(rng)
+        text = show(tree)
+        inf = infer(tree, g.library, shape)
+        if as_json:
+            c = counts(tree)
+            click.echo(json.dumps({"index": i, "arch": text, "terminals": c.terminals, "nonterminals": c.nonterminals,
+                                   "depth": c.depth, "params": inf.params, "flops": inf.flops,
+                                   "activations": inf.activations, "output": list(inf.output[0].shape)}))
+        else:
+            click.echo(text)
+        if verify:
+            problem = _verify(g.architecture(tree), shape, inf)
+            if problem:
+                failures += 1
+                click.echo(f"sample {i}: FAILED: {problem}: {text}", err=True)
+    if verify:
+        click.echo(f"verified {count} samples: {count - failures} passed, {failures} failed", err=True)
+        sys.exit(1 if failures else 0)
+
+
+def _verify(arch, shape, inf) -> str | None:
+    """Build, run a batch of 2 and compare with the inferred output; the problem, or None."""
+    import torch
+
+    from .api import build
+
+    try:
+        model = build(arch, input_shape=shape)
+        with torch.no_grad():
+            out = model(torch.randn(2, *shape))
+    except Exception as e:  # a sample that fails to build or run is exactly what --verify reports
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    want = (2, *inf.output[0].shape)
+    if tuple(out.shape) != want:
+        return f"output shape {tuple(out.shape)}, inferred {want}"
+    if not torch.isfinite(out).all():
+        return "non-finite output"
+    return None
+
+
+@main.command()
+@click.argument("grammar")
+@_shape_option
+@click.option("-n", "count", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--p-stop", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Probability of the recursive nonterminals' terminating alternatives.")
+@_budget_options
+@_plugin_option
+def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
+    """Size distribution of sampled derivations, as in the paper's Table 6."""
+    import random
+
+    from .sample import Sampler
+    from .stats import describe, table6_rows
+
+    g, shape = _sampling_setup(grammar, input_shape, p_stop, plugins)
+    sampler = Sampler(g.table, shape, _budget(kw))
+    rng = random.Random(seed)
+    trees = [sampler.sample(rng) for _ in range(count)]
+    click.echo(f"{count} samples of {grammar} at input {','.join(map(str, shape))}")
+    click.echo(describe(table6_rows(trees)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -119,28 +119,42 @@ def is_valid(tree: Expansion, table: RuleTable, input_shape: tuple[int, ...], bu
 
 
 def mutate(tree: Expansion, sampler: Sampler, rng: random.Random, max_tries: int = 50) -> Expansion:
-    """A valid tree differing from ``tree`` in exactly one resampled subtree."""
-    shape = sampler.input[0].shape
-    states = node_states(tree, sampler.table, shape)
-    whole = infer(tree, sampler.table.library, shape)
+    """A valid tree differing from ``tree`` in exactly one resampled subtree (node chosen uniformly)."""
+    states = node_states(tree, sampler.table, sampler.input[0].shape)
     for _ in range(max_tries):
         st = states[rng.randrange(len(states))]
-        inside = [l for l in whole.layers if l.path[:len(st.path)] == st.path]
-        c = counts(st.node)
-        budget = sampler.budget.scaled_left((
-            whole.params - sum(l.params * l.copies for l in inside),
-            whole.flops - sum(l.flops * l.copies for l in inside),
-            whole.activations - sum(sum(f.numel for f in l.outputs) * l.copies for l in inside),
-            _size(tree) - c.nonterminals - c.terminals))
         try:
-            new, _ = sampler.sample_from(st.node.head, st.inputs, st.uparams, rng, budget=budget,
-                                         depth=st.depth, mult=st.mult, avoid=st.node)
+            return mutate_at(tree, st.path, sampler, rng, tries=2, states=states)
         except SamplingError:
             continue
-        child = replace_at(tree, st.path, new)
+    raise SamplingError(f"no valid mutation found in {max_tries} tries")
+
+
+def mutate_at(tree: Expansion, path: Path, sampler: Sampler, rng: random.Random, tries: int = 10,
+              states: list[NodeState] | None = None) -> Expansion:
+    """``tree`` with the nonterminal node at ``path`` resampled (differently), all else kept."""
+    shape = sampler.input[0].shape
+    states = states or node_states(tree, sampler.table, shape)
+    st = next((s for s in states if s.path == path), None)
+    if st is None:
+        raise SamplingError(f"no nonterminal node at {path}")
+    whole = infer(tree, sampler.table.library, shape)
+    inside = [l for l in whole.layers if l.path[:len(path)] == path]
+    c = counts(st.node)
+    budget = sampler.budget.scaled_left((
+        whole.params - sum(l.params * l.copies for l in inside),
+        whole.flops - sum(l.flops * l.copies for l in inside),
+        whole.activations - sum(sum(f.numel for f in l.outputs) * l.copies for l in inside),
+        _size(tree) - c.nonterminals - c.terminals))
+    if min(budget.max_params, budget.max_flops, budget.max_activations, budget.max_nodes) < 0:
+        raise SamplingError("the tree is over the sampler's budget already")
+    for _ in range(tries):
+        new, _ = sampler.sample_from(st.node.head, st.inputs, st.uparams, rng, budget=budget,
+                                     depth=st.depth, mult=st.mult, avoid=st.node)
+        child = replace_at(tree, path, new)
         if is_valid(child, sampler.table, shape, sampler.budget):
             return child
-    raise SamplingError(f"no valid mutation found in {max_tries} tries")
+    raise SamplingError(f"no valid replacement for the node at {path} in {tries} tries")
 
 
 def crossover(a: Expansion, b: Expansion, table: RuleTable, input_shape: tuple[int, ...],

@@ -45,7 +45,8 @@ class Dataset:
 
     def __repr__(self) -> str:
         sizes = "/".join(str(len(getattr(self, f"{s}_y"))) for s in SPLITS)
-        return f"Dataset({self.name!r}, input_shape={self.input_shape}, classes={self.num_classes}, n={sizes})"
+        return (f"Dataset({self.name!r}, input_shape={self.input_shape}, classes={self.num_classes}, "
+                f"n={sizes})")
 
 
 # --------------------------------------------------------------------------- validation
@@ -65,7 +66,8 @@ def _check_x(x: np.ndarray, where: str, ranks: tuple[int, ...] = (3, 4)) -> np.n
     x = x.astype(np.float32, copy=False)
     finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
     if not finite.all():
-        raise DataError(f"{where}: error: inputs contain NaN or inf (first in sample {int(np.argmin(finite))})")
+        first = int(np.argmin(finite))
+        raise DataError(f"{where}: error: inputs contain NaN or inf (first in sample {first})")
     return x
 
 
@@ -179,7 +181,8 @@ def load_pair(x_path: str | Path, y_path: str | Path, seed: int = 0, num_classes
     x = _check_x(_load_npy(xp), str(xp))
     y = _check_y(_load_npy(yp), str(yp))
     if len(x) != len(y):
-        raise DataError(f"{yp}: error: {len(y)} labels for {len(x)} inputs in {xp}; they must have the same length")
+        raise DataError(f"{yp}: error: {len(y)} labels for {len(x)} inputs in {xp}; "
+                        "they must have the same length")
     if len(x) < 3:
         raise DataError(f"{xp}: error: {len(x)} samples cannot be split into train, valid and test")
     perm = np.random.default_rng(seed).permutation(len(x))
@@ -192,16 +195,14 @@ def load_pair(x_path: str | Path, y_path: str | Path, seed: int = 0, num_classes
     return _finish(xp.stem, arrays, where, classes, normalise)
 
 
-def digits_task(seed: int = 0, sizes: tuple[int, int, int] = (3000, 600, 600), normalise: bool = True) -> Dataset:
+def digits_task(seed: int = 0, sizes: tuple[int, int, int] = (3000, 600, 600),
+                normalise: bool = True) -> Dataset:
     """AddNIST in miniature, with no download: three 8x8 digits as channels, label = their sum (28 classes).
 
     The 1797 base images are first split 70/15/15 into disjoint pools, and each split draws its
     triples from its own pool only, so no base image is seen in more than one split.
     """
-    from sklearn.datasets import load_digits  # heavy; only this task needs it
-
-    base = load_digits()
-    images, digits = base.images.astype(np.float32), base.target.astype(np.int64)
+    images, digits = _digits_base()
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(images))
     pools = np.split(perm, [int(0.70 * len(perm)), int(0.85 * len(perm))])
@@ -212,6 +213,14 @@ def digits_task(seed: int = 0, sizes: tuple[int, int, int] = (3000, 600, 600), n
         arrays[f"{split}_y"] = digits[pick].sum(axis=1)
     where = {k: f"digits ({k})" for k in KEYS}
     return _finish("digits", arrays, where, 28, normalise)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_base() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # heavy; only this task needs it
+
+    base = load_digits()
+    return base.images.astype(np.float32), base.target.astype(np.int64)
 
 
 def load_data(spec: str, seed: int = 0, normalise: bool = True) -> Dataset:
@@ -237,7 +246,7 @@ def load_data(spec: str, seed: int = 0, normalise: bool = True) -> Dataset:
 
 @functools.lru_cache(maxsize=2)
 def load_data_cached(spec: str, seed: int = 0, normalise: bool = True) -> Dataset:
-    """``load_data`` memoised per process, for persistent evaluation workers; treat the arrays as read-only."""
+    """``load_data`` memoised per process, for persistent evaluation workers; treat arrays as read-only."""
     return load_data(spec, seed, normalise)
 
 

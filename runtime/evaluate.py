@@ -55,7 +55,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one job. ``reason`` is one line, ``"Kind: message"``; ``detail`` a traceback for logs."""
+    """What became of one job. ``reason`` is ``"Kind: message"``; ``detail`` a traceback."""
 
     key: str
     status: str                         # "ok" | "failed"
@@ -162,7 +162,8 @@ def _worker(conn: Connection, threads: int | None) -> None:
         try:
             message = pickle.loads(data)
         except Exception as e:
-            conn.send(("failed", None, f"{_reason(e)} (while loading the job in the worker)", traceback.format_exc()))
+            reason = f"{_reason(e)} (while loading the job in the worker)"
+            conn.send(("failed", None, reason, traceback.format_exc()))
             return
         if message is None:
             return
@@ -264,7 +265,8 @@ class LocalEvaluator:
                 try:
                     data = bytes(ForkingPickler.dumps((job.fn, job.kwargs)))
                 except Exception as e:
-                    self._done.append(Outcome(job.key, "failed", reason=_reason(e), detail=traceback.format_exc()))
+                    self._done.append(Outcome(job.key, "failed", reason=_reason(e),
+                                              detail=traceback.format_exc()))
                     continue
                 for attempt in (1, 2):  # an idle worker may have died since its last job
                     if slot.proc is None or not slot.proc.is_alive():
@@ -277,23 +279,24 @@ class LocalEvaluator:
                     except OSError as e:
                         self._retire(slot)
                         if attempt == 2:
-                            self._done.append(Outcome(job.key, "failed", reason=f"WorkerDied: cannot send the "
-                                                      f"job to a worker ({_reason(e)})"))
+                            reason = f"WorkerDied: cannot send the job to a worker ({_reason(e)})"
+                            self._done.append(Outcome(job.key, "failed", reason=reason))
 
     def _wait(self) -> None:
         busy = [s for s in self._slots if s.job is not None]
         timeout = None
         if self.time_limit is not None:
             timeout = max(0.0, min(s.started for s in busy) + self.time_limit - time.monotonic())
-        handles: list[Any] = [s.conn for s in busy] + [s.proc.sentinel for s in busy]  # type: ignore[union-attr]
+        handles: list[Any] = [s.conn for s in busy]
+        handles += [s.proc.sentinel for s in busy]  # type: ignore[union-attr]
         ready = set(wait(handles, timeout))
         now = time.monotonic()
         for slot in busy:
             if slot.conn in ready or slot.proc.sentinel in ready:  # type: ignore[union-attr]
                 self._collect(slot, now)
             elif self.time_limit is not None and now - slot.started >= self.time_limit:
-                self._finish(slot, now, "failed", None, f"Timeout: time limit of {self.time_limit:g}s exceeded; "
-                             "worker killed", None)
+                reason = f"Timeout: time limit of {self.time_limit:g}s exceeded; worker killed"
+                self._finish(slot, now, "failed", None, reason, None)
                 self._retire(slot)
 
     def _collect(self, slot: _Slot, now: float) -> None:

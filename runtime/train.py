@@ -78,17 +78,19 @@ def train_and_score(model: nn.Module, data: Dataset, config: TrainConfig, device
     x, y = _tensors(data.train_x, data.train_y, device)
     loss, epochs = _fit(model, x, y, data.num_classes, config, device, deadline)
     vx, vy = _tensors(data.valid_x, data.valid_y, device)
-    return {"val_acc": _accuracy(model, vx, vy, config, device, deadline), "train_loss": loss, "epochs": epochs}
+    acc = _accuracy(model, vx, vy, config, device, deadline)
+    return {"val_acc": acc, "train_loss": loss, "epochs": epochs}
 
 
 def retrain_and_test(model: nn.Module, data: Dataset, config: TrainConfig, device: str) -> dict[str, Any]:
-    """Final evaluation: train on ``train + valid``, score on ``test``: ``{"test_acc", "train_loss", "epochs"}``."""
+    """Final evaluation: train on train + valid, score on test: ``{"test_acc", "train_loss", "epochs"}``."""
     deadline = _deadline(config)
-    x, y = _tensors(np.concatenate([data.train_x, data.valid_x]), np.concatenate([data.train_y, data.valid_y]),
-                    device)
+    x, y = _tensors(np.concatenate([data.train_x, data.valid_x]),
+                    np.concatenate([data.train_y, data.valid_y]), device)
     loss, epochs = _fit(model, x, y, data.num_classes, config, device, deadline)
     tx, ty = _tensors(data.test_x, data.test_y, device)
-    return {"test_acc": _accuracy(model, tx, ty, config, device, deadline), "train_loss": loss, "epochs": epochs}
+    acc = _accuracy(model, tx, ty, config, device, deadline)
+    return {"test_acc": acc, "train_loss": loss, "epochs": epochs}
 
 
 # --------------------------------------------------------------------------- internals
@@ -104,7 +106,8 @@ def _check_time(deadline: float | None, config: TrainConfig, done: str) -> None:
 
 
 def _tensors(x: np.ndarray, y: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.as_tensor(x, dtype=torch.float32).to(device), torch.as_tensor(y, dtype=torch.int64).to(device)
+    return (torch.as_tensor(x, dtype=torch.float32).to(device),
+            torch.as_tensor(y, dtype=torch.int64).to(device))
 
 
 def _autocast(config: TrainConfig, device: str) -> tuple[Any, torch.amp.GradScaler | None]:

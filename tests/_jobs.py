@@ -42,3 +42,22 @@ def self_kill() -> dict:
     os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(10)
     return {}
+
+
+def train_tiny(seed: int) -> dict:
+    """The real use: build a model in the worker, train it with einc.runtime.train, return its scores."""
+    import torch
+    from torch import nn
+
+    from einc.runtime.data import Dataset
+    from einc.runtime.train import TrainConfig, train_and_score
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=64)
+    x = (rng.normal(size=(64, 1, 2, 2)) + (2 * y - 1)[:, None, None, None]).astype(np.float32)
+    data = Dataset("blobs", x[:48], y[:48], x[48:], y[48:], x[48:], y[48:], num_classes=2,
+                   input_shape=(1, 2, 2))
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    return {**train_and_score(model, data, TrainConfig(epochs=1, batch_size=16), "cpu"),
+            "threads": torch.get_num_threads()}

@@ -135,12 +135,14 @@ def bad(tmp_path: Path, key: str, value: np.ndarray | None) -> Path:
 @pytest.mark.parametrize("key, value, message", [
     ("valid_y", None, r'valid_y\.npy: error: missing split file "valid_y\.npy"'),
     ("train_y", np.zeros(19, np.int64), r'train_y\.npy: error: 19 labels for 20 inputs in "train_x"'),
-    ("train_x", np.zeros((20, 16), np.float32), r"train_x\.npy: error: inputs must be N x C x H x W; got shape \(20, 16\)"),
+    ("train_x", np.zeros((20, 16), np.float32),
+     r"train_x\.npy: error: inputs must be N x C x H x W; got shape \(20, 16\)"),
     ("train_x", np.zeros((20, 4, 4), np.float32), r"add a channel axis"),
     ("test_y", np.zeros((6, 1), np.int64), r"test_y\.npy: error: labels must be a vector"),
     ("valid_y", np.array([0, 1, 2, 3, 0, 1]), r"valid_y\.npy: error: label 3 of sample 3 is out of range; "
                                               r'"train_y" has classes 0\.\.2'),
-    ("train_y", -(np.arange(20) % 2), r"train_y\.npy: error: labels must be non-negative; sample 1 has label -1"),
+    ("train_y", -(np.arange(20) % 2),
+     r"train_y\.npy: error: labels must be non-negative; sample 1 has label -1"),
     ("train_y", np.full(20, 0.5), r"train_y\.npy: error: labels must be integers; sample 0 has label 0\.5"),
     ("train_y", np.array(["a"] * 20), r"train_y\.npy: error: labels must be integers, not <U1"),
     ("test_x", np.zeros((6, 3, 4, 4), np.float32), r"test_x\.npy: error: samples have shape \(3, 4, 4\) but "
@@ -157,7 +159,8 @@ def test_bad_folder(tmp_path, key, value, message):
 def test_non_finite_inputs(tmp_path, poison):
     x = arrays()["valid_x"]
     x[4, 1, 2, 3] = poison
-    with pytest.raises(DataError, match=r"valid_x\.npy: error: inputs contain NaN or inf \(first in sample 4\)"):
+    message = r"valid_x\.npy: error: inputs contain NaN or inf \(first in sample 4\)"
+    with pytest.raises(DataError, match=message):
         load_unseen_nas(bad(tmp_path, "valid_x", x))
 
 

@@ -80,7 +80,7 @@ def _lower_add(ctx, nodes, features):
 
 
 def _lower_concat(ctx, nodes, features, dim, b):
-    return [ctx.call("torch.cat", list(nodes), dim)]
+    return [ctx.call("torch.cat", list(nodes), dim=dim)]
 
 
 MATMUL = Op("matmul", "aggregation", (_SCALED,), _matmul, _matmul_cost, _lower_matmul,

@@ -30,7 +30,7 @@ def _lower_clone(ctx, nodes, features, b):
 
 
 def _lower_group_dim(ctx, nodes, features, dim, b):
-    parts = ctx.call("torch.chunk", nodes[0], b, dim)
+    parts = ctx.call("torch.chunk", nodes[0], b, dim=dim)
     return [ctx.call("getitem", parts, i) for i in range(b)]
 
 

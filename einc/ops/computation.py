@@ -54,18 +54,20 @@ def _lower_norm(ctx, nodes, features):
 
 
 def _lower_relu(ctx, nodes, features):
-    return [ctx.call("torch.nn.functional.leaky_relu", nodes[0], LEAKY_SLOPE)]
+    return [ctx.call("torch.nn.functional.leaky_relu", nodes[0], negative_slope=LEAKY_SLOPE)]
 
 
 def _lower_softmax(ctx, nodes, features):
-    return [ctx.call("torch.softmax", nodes[0], -1)]
+    return [ctx.call("torch.softmax", nodes[0], dim=-1)]
 
 
 def _lower_pos_enc(ctx, nodes, features):
     import torch
 
-    table = torch.nn.Parameter(torch.randn(1, *features[0].shape) * POS_ENC_STD)
-    return [ctx.call("add", nodes[0], ctx.parameter("pos", table))]
+    shape = (1, *features[0].shape)
+    table = torch.nn.Parameter(torch.randn(shape) * POS_ENC_STD)
+    init = f"torch.randn({', '.join(map(str, shape))}) * {POS_ENC_STD}"  # for einc.emit's source
+    return [ctx.call("add", nodes[0], ctx.parameter("pos", table, init=init))]
 
 
 LINEAR = Op("linear", "computation", (Param("d", "a positive integer", positive),), _linear,

@@ -57,7 +57,7 @@ def _lower_permute(ctx, nodes, features, o):
 
 def _lower_im2col(ctx, nodes, features, k, s, p):
     # unfold gives (B, C*k*k, L) with C slowest: the layout of a Conv2d weight's input axes.
-    cols = ctx.call("torch.nn.functional.unfold", nodes[0], k, 1, p, s)
+    cols = ctx.call("torch.nn.functional.unfold", nodes[0], kernel_size=k, padding=p, stride=s)
     return [ctx.call(".transpose", cols, 1, 2)]
 
 
