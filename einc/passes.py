@@ -70,6 +70,8 @@ def fuse_convolutions(gm: fx.GraphModule) -> int:
             gm.graph.erase_node(n)
         gm.delete_submodule(linear.target)
         count += 1
+    if count:
+        _order_modules(gm)
     _finish(gm)
     return count
 
@@ -225,6 +227,17 @@ PASSES: tuple[Callable[[fx.GraphModule], int], ...] = (fuse_convolutions, remove
 def _finish(gm: fx.GraphModule) -> None:
     gm.graph.lint()
     gm.recompile()
+
+
+def _order_modules(gm: fx.GraphModule) -> None:
+    """Re-register submodules in graph order, so state_dict and printing follow the network."""
+    first = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            first.setdefault(n.target, len(first))
+    ordered = sorted(gm._modules.items(), key=lambda kv: first.get(kv[0], len(first)))
+    gm._modules.clear()
+    gm._modules.update(ordered)
 
 
 def _only_user(n: fx.Node) -> fx.Node | None:
