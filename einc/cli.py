@@ -108,7 +108,8 @@ def check(file: str, as_json: bool, plugins: tuple[str, ...]) -> None:
               help="Add the classification head (paper B.1): mean over positions, linear to N classes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the PyTorch source here (default: print it).")
-@click.option("--no-optimize", is_flag=True, help="Keep the graph as lowered (no Conv2d fusion, no rewrites).")
+@click.option("--no-optimize", is_flag=True,
+              help="Keep the graph as lowered (no Conv2d fusion, no rewrites).")
 @click.option("--summary", "show_summary", is_flag=True,
               help="Print the layer table (shapes, parameters, FLOPs); without -o, instead of the source.")
 @click.option("--class-name", default="Net", show_default=True, help="Name of the emitted nn.Module class.")
@@ -338,6 +339,59 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
     trees = [sampler.sample(rng) for _ in range(count)]
     click.echo(f"{count} samples of {grammar} at input {','.join(map(str, shape))}")
     click.echo(describe(table6_rows(trees)))
+
+
+@main.command()
+@click.option("--grammar", default="einspace", show_default=True, help="A .ein file or a bundled grammar name.")
+@click.option("--data", default="digits", show_default=True,
+              help='"digits" (embedded, no download), an Unseen-NAS folder, or a .npz file.')
+@click.option("--strategy", type=click.Choice(["rs", "re", "sample"]), default="re", show_default=True,
+              help="Random search, regularised evolution, or random sampling.")
+@click.option("--seeds", "seed_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Architecture files that seed the evolution's population (repeatable).")
+@click.option("--budget", type=click.IntRange(1), default=20, show_default=True, help="Evaluations.")
+@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True, help="Epochs per evaluation.")
+@click.option("--final-epochs", type=click.IntRange(1), default=None,
+              help="Epochs to retrain the best on train+valid [default: --epochs].")
+@click.option("--population", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--tournament", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.04, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling, mutation and training.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda when present]")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Candidates trained at once, each in its own process.")
+@click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds one evaluation may take before it counts as failed.")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile each candidate (for GPUs).")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/search", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the search recorded in --out with its saved settings.")
+def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, population, tournament, lr,
+           batch_size, seed, device, workers, time_limit, compile_model, out, resume) -> None:
+    """Search GRAMMAR's space on a dataset; results survive a crash (--resume)."""
+    from tqdm import tqdm
+
+    from einc.runtime.report import format_summary
+    from einc.runtime.search import SearchConfig, run_search
+
+    seeds = tuple(Path(f).read_text(encoding="utf-8").strip() for f in seed_files)
+    config = SearchConfig(grammar=grammar, data=data, strategy=strategy, seeds=seeds,
+                          seed_names=tuple(Path(f).stem for f in seed_files), budget=budget,
+                          population=population, tournament=tournament, epochs=epochs,
+                          final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                          time_limit=time_limit, workers=workers, compile=compile_model)
+    bar = tqdm(total=None, desc="search", unit="eval", dynamic_ncols=True, file=sys.stderr)
+
+    def show(p) -> None:
+        bar.total = bar.total or budget
+        bar.n = p.done
+        bar.set_postfix_str("best val " + ("n/a" if p.best is None else f"{100 * p.best:.2f}%"))
+
+    try:
+        summary = run_search(config, out, resume=resume, on_progress=show)
+    finally:
+        bar.close()
+    click.echo(format_summary(summary, Path(out)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,7 +42,8 @@ _INFIX = {operator.add: "+", operator.sub: "-", operator.mul: "*", operator.true
 _MODULE_ALIASES = (("torch", torch), ("F", F))
 
 
-def emit(gm: fx.GraphModule, class_name: str = "Net", header_lines: list[str] | tuple[str, ...] | None = None) -> str:
+def emit(gm: fx.GraphModule, class_name: str = "Net",
+         header_lines: list[str] | tuple[str, ...] | None = None) -> str:
     """The source of a file defining ``class {class_name}(nn.Module)`` equivalent to ``gm``.
 
     The first lines are comments: the einc version, the architecture string and the input
@@ -170,8 +171,8 @@ def _conv2d(m: nn.Conv2d) -> str:
         padding = _one(m.padding)
     return (f"nn.Conv2d({m.in_channels}, {m.out_channels}, kernel_size={_literal(_one(m.kernel_size))}, "
             f"stride={_literal(_one(m.stride))}, padding={_literal(padding)}"
-            + _kw([("dilation", _one(m.dilation), 1), ("groups", m.groups, 1), ("bias", m.bias is not None, True),
-                   ("padding_mode", m.padding_mode, "zeros")]) + ")")
+            + _kw([("dilation", _one(m.dilation), 1), ("groups", m.groups, 1),
+                   ("bias", m.bias is not None, True), ("padding_mode", m.padding_mode, "zeros")]) + ")")
 
 
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> str:
@@ -184,7 +185,8 @@ def _layernorm(m: nn.LayerNorm) -> str:
     shape = m.normalized_shape[0] if len(m.normalized_shape) == 1 else tuple(m.normalized_shape)
     bias = getattr(m, "bias", None) is not None or not m.elementwise_affine
     return (f"nn.LayerNorm({_literal(shape)}"
-            + _kw([("eps", m.eps, 1e-5), ("elementwise_affine", m.elementwise_affine, True), ("bias", bias, True)])
+            + _kw([("eps", m.eps, 1e-5), ("elementwise_affine", m.elementwise_affine, True),
+                   ("bias", bias, True)])
             + ")")
 
 
@@ -197,7 +199,8 @@ _CONSTRUCTORS: dict[type, Callable[[Any], str]] = {
 def _construct(m: nn.Module, name: str) -> str:
     fn = _CONSTRUCTORS.get(type(m))
     if fn is None:
-        raise LoweringError(f'cannot emit module "{name}" of type {type(m).__module__}.{type(m).__qualname__}; '
+        kind = f"{type(m).__module__}.{type(m).__qualname__}"
+        raise LoweringError(f'cannot emit module "{name}" of type {kind}; '
                             f"emit knows {', '.join(sorted('nn.' + t.__name__ for t in _CONSTRUCTORS))}")
     return fn(m)
 
@@ -292,7 +295,8 @@ def _operand(a: Any, names: dict[fx.Node, str]) -> str:
 
 
 def _args(args: tuple, kwargs: dict, names: dict[fx.Node, str]) -> str:
-    return ", ".join([_literal(a, names) for a in args] + [f"{k}={_literal(v, names)}" for k, v in kwargs.items()])
+    return ", ".join([_literal(a, names) for a in args]
+                     + [f"{k}={_literal(v, names)}" for k, v in kwargs.items()])
 
 
 def _literal(v: Any, names: dict[fx.Node, str] | None = None) -> str:

@@ -34,13 +34,13 @@ import torch.nn as nn
 
 from .errors import EinError, LoweringError, format_path
 from .infer import infer
-from .ops import IM, Feature, Features, Library, NotApplicable
+from .ops import IM, Feature, Features, Library, NotApplicable, feature_for
 from .tree import Expansion, Fork, Leaf, Node, Path
 
 if TYPE_CHECKING:
     from .api import Architecture
 
-__all__ = ["lower", "lower_tree"]
+__all__ = ["assert_same_function", "check_shapes", "lower", "lower_tree"]
 
 HEAD = "head"  # name of the classifier's linear layer (paper B.1)
 
@@ -55,6 +55,10 @@ def lower(arch: "Architecture", input_shape: tuple[int, ...], num_classes: int |
     result on a random batch of 2 (eval mode, no grad, its own RNG) and compares the output
     shape with the statically inferred one; ``graph.lint()`` always runs.
     """
+    mode = feature_for(tuple(input_shape)).mode
+    if mode != arch.mode:
+        raise LoweringError(f"the architecture was parsed for {arch.mode} inputs; {tuple(input_shape)} is a "
+                            f"{mode} input (parse it with this input shape)")
     return lower_tree(arch.tree, arch.grammar.library, input_shape, num_classes=num_classes,
                       optimize=optimize, check=check, text=arch.text)
 
@@ -84,11 +88,11 @@ def lower_tree(tree: Node, library: Library, input_shape: tuple[int, ...], num_c
 
         run_passes(gm)
     if check:
-        check_shapes(gm, expected_output(inference.output[0], num_classes), input_shape)
+        _check_output(gm, _expected(inference.output[0], num_classes), input_shape)
     return gm
 
 
-def expected_output(feature: Feature, num_classes: int | None) -> tuple[int, ...]:
+def _expected(feature: Feature, num_classes: int | None) -> tuple[int, ...]:
     """Per-sample output shape: the backbone's feature, or (num_classes,) with a head."""
     return (num_classes,) if num_classes is not None else feature.shape
 
@@ -99,13 +103,21 @@ def expected_output(feature: Feature, num_classes: int | None) -> tuple[int, ...
 # input against the untransformed module (assert_same_function).
 
 
-def check_shapes(gm: fx.GraphModule, expected: tuple[int, ...], input_shape: tuple[int, ...],
+def check_shapes(gm: fx.GraphModule, arch: "Architecture", input_shape: tuple[int, ...],
                  batch: int = 2) -> None:
-    """Run ``gm`` on a random batch and compare its output shape with ``(batch, *expected)``.
+    """``gm``'s real output shape on a random batch is the one einc.infer gives for ``arch``.
 
-    Runs in eval mode without grad (BatchNorm statistics stay untouched) on a private RNG, so
-    the caller's random stream and the module's state are as before.
+    The head, if any, is read from ``gm.meta`` (einc.lower records it). Runs in eval mode
+    without grad (BatchNorm statistics stay untouched) on a private RNG, so the caller's random
+    stream and the module's state are as before. Raises ``LoweringError`` on a mismatch.
     """
+    input_shape = tuple(input_shape)
+    classes = gm.meta.get("einc", {}).get("num_classes")
+    _check_output(gm, _expected(arch.infer(input_shape).output[0], classes), input_shape, batch)
+
+
+def _check_output(gm: fx.GraphModule, expected: tuple[int, ...], input_shape: tuple[int, ...],
+                  batch: int = 2) -> None:
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     was_training = gm.training
     gm.eval()
@@ -113,7 +125,8 @@ def check_shapes(gm: fx.GraphModule, expected: tuple[int, ...], input_shape: tup
         with torch.no_grad():
             y = gm(x)
     except Exception as e:  # a wrong lowering; the graph and its node are in the chain
-        raise LoweringError(f"the lowered network fails on a batch of {batch}: {type(e).__name__}: {e}") from e
+        raise LoweringError(f"the lowered network fails on a batch of {batch}: "
+                            f"{type(e).__name__}: {e}") from e
     finally:
         gm.train(was_training)
     want = (batch, *expected)
@@ -185,7 +198,8 @@ class _Context:
             try:
                 fn = self._targets[target] = _resolve(target)
             except (AttributeError, ImportError, ValueError):
-                raise LoweringError(f'unknown call target "{target}"') from None
+                where = format_path(self.path)
+                raise LoweringError(f'unknown call target "{target}" (at node {where})') from None
         op = "call_method" if isinstance(fn, str) else "call_function"
         return self._node(op, fn, args, kwargs)
 
@@ -213,7 +227,8 @@ class _Context:
         node.meta["einc_path"] = self.path
         return node
 
-    def walk(self, node: Node, nodes: list[fx.Node], fs: Features, path: Path) -> tuple[list[fx.Node], Features]:
+    def walk(self, node: Node, nodes: list[fx.Node], fs: Features,
+             path: Path) -> tuple[list[fx.Node], Features]:
         if isinstance(node, Leaf):
             return self.leaf(node, nodes, fs, path)
         if isinstance(node, Expansion):
@@ -235,7 +250,8 @@ class _Context:
             out_fs.append(got_fs[0])
         return outs, tuple(out_fs)
 
-    def leaf(self, leaf: Leaf, nodes: list[fx.Node], fs: Features, path: Path) -> tuple[list[fx.Node], Features]:
+    def leaf(self, leaf: Leaf, nodes: list[fx.Node], fs: Features,
+             path: Path) -> tuple[list[fx.Node], Features]:
         where = f"at node {format_path(path)}"
         op = self.library.get(leaf.op)
         if op is None:

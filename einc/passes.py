@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
@@ -97,11 +96,13 @@ def _conv_chain(unfold: fx.Node, modules: dict[str, nn.Module], calls: dict[str,
     if t2 is None or not _swaps_last_two(t2, 3):
         return None
     reshape = _only_user(t2)
-    if reshape is None or reshape.op != "call_method" or reshape.target not in ("reshape", "view") or reshape.kwargs:
+    if (reshape is None or reshape.op != "call_method" or reshape.target not in ("reshape", "view")
+            or reshape.kwargs):
         return None
     c, h, w = feature.shape
     lin = modules[linear.target]
-    grid = tuple((size + 2 * pi - di * (ki - 1) - 1) // si + 1 for size, ki, si, pi, di in zip((h, w), k, s, p, d))
+    grid = tuple((size + 2 * pi - di * (ki - 1) - 1) // si + 1  # Conv2d's output size
+                 for size, ki, si, pi, di in zip((h, w), k, s, p, d))
     target = _shape_args(reshape.args[1:])
     if lin.in_features != c * k[0] * k[1] or target != (-1, lin.out_features, *grid):
         return None

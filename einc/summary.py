@@ -67,7 +67,8 @@ def summary(inference: Inference, library: Library, num_classes: int | None = No
     """The table as text, with a total line."""
     table = rows(inference, library, num_classes, tree)
     out = _features(inference.output) if num_classes is None else f"({num_classes},)"
-    total = Row("total", "", f"{len(table)} layers", out, sum(r.params for r in table), sum(r.flops for r in table))
+    total = Row("total", "", f"{len(table)} layers", out, sum(r.params for r in table),
+                sum(r.flops for r in table))
     cells = [("name", "op", "output", "params", "FLOPs", "path")]
     cells += [(r.name, r.op, r.output, f"{r.params:,}", _si(r.flops), r.path) for r in [*table, total]]
     widths = [max(len(c[i]) for c in cells) for i in range(6)]

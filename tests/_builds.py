@@ -10,6 +10,8 @@ import copy
 from functools import lru_cache
 from pathlib import Path
 
+import pytest
+
 import einc
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -26,6 +28,22 @@ SEEDS: dict[str, tuple[int, ...]] = {
     "attention_head": (16, 512),
     "patch_embedding": (3, 16, 16),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run torch on one thread in these modules, then restore the setting.
+
+    The tests run many small forward passes; with a second thread, a busy neighbour process on
+    a 2-core machine makes OpenMP's spin-waits cost up to 100x (measured), and one thread
+    loses little on work this small. Import it into a test module to use it.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @lru_cache(maxsize=None)

@@ -8,12 +8,12 @@ import torch.nn as nn
 
 import einc
 from einc.errors import LoweringError
-from einc.lower import check_shapes, expected_output, lower_tree
+from einc.lower import check_shapes, lower_tree
 from einc.ops import BUILTIN, Op
 from einc.ops.base import single
 from einc.tree import Expansion, Leaf, walk
 
-from _builds import SEEDS, grammar, seed, unoptimised
+from _builds import SEEDS, grammar, one_thread, seed, unoptimised  # noqa: F401 (autouse)
 
 IM, COL = (4, 8, 16), (6, 8)
 
@@ -38,9 +38,10 @@ CASES: list[tuple[str, tuple[int, ...]]] = [
     ("branching(group-dim(dim=1, b=2), [relu, linear(d=16)], concat(dim=1, b=2))", IM),
     ("branching(group-dim(dim=3, b=4), [linear(d=16)]*4, concat(dim=2, b=4))", IM),
     ("branching(group-dim(dim=2, b=8), [relu]*8, add)", IM),
-    ("branching(clone(b=2), [identity, routing(permute(o=(1, 3, 2)), relu, identity)], matmul(scaled=true))", IM),
-    ("branching(clone(b=2), [linear(d=16), routing(identity, linear(d=16), permute(o=(2, 1)))], matmul(scaled=false))",
-     COL),
+    ("branching(clone(b=2), [identity, routing(permute(o=(1, 3, 2)), relu, identity)],"
+     " matmul(scaled=true))", IM),
+    ("branching(clone(b=2), [linear(d=16), routing(identity, linear(d=16), permute(o=(2, 1)))],"
+     " matmul(scaled=false))", COL),
     ("sequential(norm, softmax)", COL),
     ("routing(permute(o=(2, 1)), pos-enc, permute(o=(2, 1)))", COL),
     ("branching(group-dim(dim=2, b=2), [relu, softmax], concat(dim=2, b=2))", COL),
@@ -63,9 +64,8 @@ def test_real_shape_is_inferred_shape(text, shape, optimize):
     arch = grammar().parse(text, shape)
     gm = einc.build(arch, shape, optimize=optimize, check=False)
     gm.graph.lint()
-    inferred = arch.infer(shape)
-    check_shapes(gm, expected_output(inferred.output[0], None), shape)
-    assert sum(p.numel() for p in gm.parameters()) == inferred.params
+    check_shapes(gm, arch, shape)
+    assert sum(p.numel() for p in gm.parameters()) == arch.infer(shape).params
     gm.train()  # and in training mode, with gradients everywhere
     x = torch.randn(2, *shape, requires_grad=True)
     gm(x).sum().backward()
@@ -76,9 +76,8 @@ def test_real_shape_is_inferred_shape(text, shape, optimize):
 def test_seed_builds_with_exact_shape_and_parameters(name):
     gm = unoptimised(name)
     gm.graph.lint()
-    inferred = seed(name).infer(SEEDS[name])
-    check_shapes(gm, inferred.output[0].shape, SEEDS[name])
-    assert sum(p.numel() for p in gm.parameters()) == inferred.params
+    check_shapes(gm, seed(name), SEEDS[name])
+    assert sum(p.numel() for p in gm.parameters()) == seed(name).infer(SEEDS[name]).params
 
 
 def test_names_are_flat_readable_and_in_order():
@@ -96,6 +95,7 @@ def test_names_are_flat_readable_and_in_order():
 def test_head_pools_positions_then_classifies(text, shape, width):
     arch = grammar().parse(text, shape)
     gm = einc.build(arch, shape, num_classes=7, optimize=False)
+    check_shapes(gm, arch, shape)
     assert isinstance(gm.head, nn.Linear) and (gm.head.in_features, gm.head.out_features) == (width, 7)
     assert sum(p.numel() for p in gm.parameters()) == arch.infer(shape).params + width * 7 + 7
     x = torch.randn(2, *shape)
@@ -153,4 +153,16 @@ def test_a_bad_shape_is_reported_before_lowering():
     from einc.errors import ShapeError
 
     with pytest.raises(ShapeError, match="add of unequal shapes"):
-        einc.build(grammar().parse("sequential(branching(clone(b=2), [linear(d=32), identity], add), relu)", IM), IM)
+        text = "sequential(branching(clone(b=2), [linear(d=32), identity], add), relu)"
+        einc.build(grammar().parse(text, IM), IM)
+
+
+def test_a_wrong_check_is_caught():
+    arch = grammar().parse("sequential(relu, linear(d=16))", IM)
+    gm = einc.build(arch, IM)
+    other = grammar().parse("sequential(relu, linear(d=32))", IM)
+    message = r"output has shape \(2, 4, 8, 16\); shape inference says \(2, 4, 8, 32\)"
+    with pytest.raises(LoweringError, match=message):
+        check_shapes(gm, other, IM)
+    with pytest.raises(LoweringError, match="parsed for Im inputs"):
+        einc.build(arch, COL)

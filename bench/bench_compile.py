@@ -1,0 +1,122 @@
+"""How fast einc compiles, and how fast what it compiles runs.
+
+    python bench/bench_compile.py                  # compile times for every seed + ResNet18 ratio
+    python bench/bench_compile.py --models resnet18,vit --reps 7
+
+1. For each seed in examples/: median milliseconds to parse the string (parse cache cleared
+   each time), to infer shapes, and to build the optimised GraphModule with a head (without
+   and with the build's shape check, a batch-2 forward pass).
+2. Forward + backward time of einc's model against the hand-written PyTorch one of
+   bench/handwritten.py (same parameter count), batch 16, input (3, 64, 64), one thread, both
+   in train mode, runs interleaved (einc, hand, einc, hand, ...) so drift hits both alike;
+   median of ``--reps`` runs each after warm-up. The goal for ResNet18 is a ratio <= 1.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import einc  # noqa: E402
+from einc.arch import _parse_cached, parse as parse_arch  # noqa: E402  (cache cleared: real parse times)
+from einc.ops import feature_for  # noqa: E402
+
+from handwritten import MODELS  # noqa: E402
+
+SEEDS = {
+    "resnet18": (3, 64, 64), "wrn16_4": (3, 64, 64), "vit": (3, 64, 64), "mixer": (3, 64, 64),
+    "resnet_block": (64, 32, 32), "attention_head": (256, 512), "patch_embedding": (3, 64, 64),
+}
+CLASSES = 10
+
+
+def _median_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def compile_times(reps: int) -> list[tuple[str, float, float, float, float]]:
+    g = einc.load("einspace")
+    rows = []
+    for name, shape in SEEDS.items():
+        text = (ROOT / "examples" / f"{name}.arch").read_text().strip()
+
+        mode = feature_for(shape).mode
+
+        def parse():
+            _parse_cached.cache_clear()
+            return parse_arch(text, g.table, mode)
+
+        arch = g.architecture(parse(), mode)
+        classes = CLASSES if len(shape) == 3 else None
+        rows.append((name,
+                     _median_ms(parse, reps),
+                     _median_ms(lambda: arch.infer(shape), reps),
+                     _median_ms(lambda: einc.build(arch, shape, num_classes=classes, check=False), reps),
+                     _median_ms(lambda: einc.build(arch, shape, num_classes=classes), reps)))
+    return rows
+
+
+def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    t = time.perf_counter()
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    return time.perf_counter() - t
+
+
+def train_step_ratio(name: str, reps: int, batch: int = 16) -> tuple[float, float, int, int]:
+    """(einc ms, hand-written ms, einc params, hand params): medians of interleaved runs."""
+    torch.manual_seed(0)
+    shape = (3, 64, 64)
+    arch = einc.load("einspace").parse((ROOT / "examples" / f"{name}.arch").read_text().strip(), shape)
+    ours = einc.build(arch, shape, num_classes=CLASSES).train()
+    hand = MODELS[name](num_classes=CLASSES, in_channels=3, image_size=64).train()
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, CLASSES, (batch,))
+    for _ in range(2):  # warm-up: allocator, kernels
+        _step(ours, x, y)
+        _step(hand, x, y)
+    a, b = [], []
+    for _ in range(reps):
+        a.append(_step(ours, x, y))
+        b.append(_step(hand, x, y))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return 1000 * statistics.median(a), 1000 * statistics.median(b), count(ours), count(hand)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5, help="timed runs per measurement (median; >= 5)")
+    ap.add_argument("--models", default="resnet18", help="comma-separated: " + ",".join(MODELS))
+    ap.add_argument("--skip-compile", action="store_true", help="only the forward+backward comparison")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"einc {einc.__version__}, torch {torch.__version__}, 1 thread")
+    if not args.skip_compile:
+        print("\ncompile times (median ms)")
+        print(f"{'seed':16s} {'parse':>8s} {'infer':>8s} {'build':>8s} {'+check':>8s}")
+        for name, p, i, b, c in compile_times(max(args.reps, 5)):
+            print(f"{name:16s} {p:8.2f} {i:8.2f} {b:8.1f} {c:8.1f}")
+    print(f"\nforward+backward, batch 16, input (3, 64, 64), median of {args.reps} interleaved runs")
+    print(f"{'model':10s} {'einc ms':>9s} {'hand ms':>9s} {'ratio':>6s} {'params':>12s}")
+    for name in args.models.split(","):
+        ours, hand, n_ours, n_hand = train_step_ratio(name, args.reps)
+        same = "" if n_ours == n_hand else f" (hand-written: {n_hand:,})"
+        print(f"{name:10s} {ours:9.1f} {hand:9.1f} {ours / hand:6.3f} {n_ours:12,d}{same}")
+
+
+if __name__ == "__main__":
+    main()
