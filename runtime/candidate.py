@@ -1,0 +1,60 @@
+"""What a worker process does with one architecture: build it, train it, score it.
+
+These are the jobs a search submits to an evaluator; they take and return plain data only,
+so they run the same in a local worker process or on a remote one. The grammar and dataset
+are loaded once per worker process and kept.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+
+@functools.lru_cache(maxsize=4)
+def _grammar(path: str):
+    import einc
+
+    return einc.load(path)
+
+
+def _model(arch: str, grammar: str, input_shape: tuple[int, ...], num_classes: int, compile_model: bool):
+    import einc
+
+    g = _grammar(grammar)
+    model = einc.build(g.parse(arch, input_shape), input_shape=input_shape, num_classes=num_classes)
+    if compile_model:
+        import torch
+
+        model = torch.compile(model)
+    return model
+
+
+def evaluate(arch: str, grammar: str, data: str, data_seed: int, train: dict[str, Any], device: str | None,
+             compile_model: bool = False) -> dict[str, Any]:
+    """Train ``arch`` on the train split and score it on the validation split."""
+    import torch
+
+    from .data import load_data_cached
+    from .train import TrainConfig, pick_device, train_and_score
+
+    ds = load_data_cached(data, data_seed)
+    torch.manual_seed(train.get("seed", 0))
+    model = _model(arch, grammar, ds.input_shape, ds.num_classes, compile_model)
+    metrics = train_and_score(model, ds, TrainConfig(**train), pick_device(device))
+    return {"metrics": metrics}
+
+
+def final_test(arch: str, grammar: str, data: str, data_seed: int, train: dict[str, Any], device: str | None,
+               compile_model: bool = False) -> dict[str, Any]:
+    """Retrain ``arch`` on train + validation and score it on the test split (paper B.1)."""
+    import torch
+
+    from .data import load_data_cached
+    from .train import TrainConfig, pick_device, retrain_and_test
+
+    ds = load_data_cached(data, data_seed)
+    torch.manual_seed(train.get("seed", 0))
+    model = _model(arch, grammar, ds.input_shape, ds.num_classes, compile_model)
+    metrics = retrain_and_test(model, ds, TrainConfig(**train), pick_device(device))
+    return {"metrics": metrics}
