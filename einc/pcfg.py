@@ -224,15 +224,15 @@ def analyse(table: RuleTable, mode: str) -> Report:
     rho, rho_net = _radius(e), _radius(enet)
     expansions: dict[str, float] = {}
     exp_nt = exp_t = net_t = float("inf")
-    if rho < 1:
-        row = np.linalg.solve(np.eye(len(keys)) - e.T, _unit(len(keys), 0))  # N[start, :]
+    row = _expected_counts(e) if rho < 1 else None  # N[start, :]
+    if row is not None:
         for k, v in zip(keys, row):
             expansions[k[0]] = expansions.get(k[0], 0.0) + float(v)
         exp_nt, exp_t = float(row.sum()), float(row @ local)
     else:
         expansions = {k[0]: float("inf") for k in keys}
-    if rho_net < 1:
-        row = np.linalg.solve(np.eye(len(keys)) - enet.T, _unit(len(keys), 0))
+    row = _expected_counts(enet) if rho_net < 1 else None
+    if row is not None:
         net_t = float(row @ local)
 
     critical = {}
@@ -262,8 +262,22 @@ def _contributions(table, sol: Solution, keys, index):
     return parts
 
 
+RADIUS_TOLERANCE = 1e-9
+
+
 def _radius(m: np.ndarray) -> float:
-    return float(max(abs(np.linalg.eigvals(m)))) if m.size else 0.0
+    """Spectral radius; within rounding of 1 it is 1 (eigvals can give 1 - 1e-16 for a critical E)."""
+    r = float(max(abs(np.linalg.eigvals(m)))) if m.size else 0.0
+    return 1.0 if abs(r - 1.0) < RADIUS_TOLERANCE else r
+
+
+def _expected_counts(m: np.ndarray) -> np.ndarray | None:
+    """Row ``start`` of (I - m)^-1, or None when it does not exist numerically (then sizes are infinite)."""
+    try:
+        row = np.linalg.solve(np.eye(len(m)) - m.T, _unit(len(m), 0))
+    except np.linalg.LinAlgError:
+        return None
+    return row if np.all(np.isfinite(row)) and row.min() >= -RADIUS_TOLERANCE else None
 
 
 def _unit(n: int, i: int) -> np.ndarray:

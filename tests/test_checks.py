@@ -123,7 +123,8 @@ def test_probability_messages() -> None:
 def test_hyperparameter_messages() -> None:
     assert messages(START + "S -> linear\n") == [
         'operation "linear" needs hyperparameter "d" (a positive integer)']
-    assert messages(START + "S -> relu(d=3)\n") == ['operation "relu" has no hyperparameter "d"; it takes none']
+    assert messages(START + "S -> relu(d=3)\n") == [
+        'operation "relu" has no hyperparameter "d"; it takes none']
     assert messages(START + "S -> linear(d=0)\n") == ['"linear" hyperparameter d=0 is not a positive integer']
 
 
@@ -163,6 +164,17 @@ def test_syntax_messages() -> None:
     assert messages(START + "S -> linear(d=1.5)\n") == ["expected an integer, not 1.5"]
     (msg,) = messages(START + "S -> -> relu\n")
     assert msg.startswith('unexpected "->"; expected one of')
+    (msg,) = messages(START + "S -> relu |\n")
+    assert msg.startswith("unexpected new line; expected one of")
+    (msg,) = messages(START + "S -> relu |")
+    assert msg.startswith("unexpected end of file; expected one of")
+
+
+def test_a_non_integer_branching_factor_is_a_guard_error_not_a_crash() -> None:
+    arm = START + "S -> clone(b=2) {b in {S, 2}: M, M} add\nM -> relu\n"
+    assert messages(arm) == ["b never takes the value S"]
+    rule = START + "S(b=1) -> relu\nS(b in {S, 4}) -> norm\n"
+    assert messages(rule) == ["b never takes the value S"]
 
 
 def test_render_format_and_caret() -> None:
@@ -192,7 +204,8 @@ def einc(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
-DIAG_LINE = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning): .+  \[(?P<code>[a-z-]+)\]$")
+DIAG_LINE = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning): "
+                       r".+  \[(?P<code>[a-z-]+)\]$")
 
 
 def test_cli_check_bad_file_exits_1_with_located_errors() -> None:

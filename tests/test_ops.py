@@ -149,7 +149,8 @@ def test_im2col() -> None:
 
 @op("im2col")
 def test_im2col_not_applicable() -> None:
-    refuses("im2col", im(3, 8, 8), k=16, s=16, p=0, match="im2col kernel 16 is larger than the padded input 8x8")
+    refuses("im2col", im(3, 8, 8), k=16, s=16, p=0,
+            match="im2col kernel 16 is larger than the padded input 8x8")
     refuses("im2col", im(3, 32, 4), k=8, s=8, p=1, match="larger than the padded input 34x6")
     refuses("im2col", col(64, 16), k=1, s=1, p=0, match="im2col needs an Im feature")
 
@@ -216,8 +217,10 @@ def test_every_builtin_op_has_a_shape_test() -> None:
     ("concat", {"dim": 4, "b": 2}, ['"concat" hyperparameter dim=4 is not 1, 2 or 3']),
     ("group-dim", {"dim": 0, "b": 2}, ['"group-dim" hyperparameter dim=0 is not 1, 2 or 3']),
     ("matmul", {"scaled": 1}, ['"matmul" hyperparameter scaled=1 is not true or false']),
-    ("permute", {"o": (1, 1, 2)}, ['"permute" hyperparameter o=(1, 1, 2) is not a permutation of (1, 2) or (1, 2, 3)']),
-    ("permute", {"o": (1, 2, 3, 4)}, ['"permute" hyperparameter o=(1, 2, 3, 4) is not a permutation of (1, 2) or (1, 2, 3)']),
+    ("permute", {"o": (1, 1, 2)},
+     ['"permute" hyperparameter o=(1, 1, 2) is not a permutation of (1, 2) or (1, 2, 3)']),
+    ("permute", {"o": (1, 2, 3, 4)},
+     ['"permute" hyperparameter o=(1, 2, 3, 4) is not a permutation of (1, 2) or (1, 2, 3)']),
 ])
 def test_check_args(name: str, args: dict, problems: list[str]) -> None:
     assert BUILTIN[name].check_args(args) == problems

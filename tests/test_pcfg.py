@@ -184,8 +184,8 @@ def test_repeat_grammar() -> None:
     assert r.expected_terminals == pytest.approx(11 / 6, abs=1e-9)
     assert r.network_terminals == pytest.approx(2.2, abs=1e-9)
     consistency, network, now = r.critical["M"]
-    assert consistency == pytest.approx(0.0, abs=1e-9)
-    assert network == pytest.approx(0.2, abs=1e-9)
+    assert consistency == pytest.approx(0.0, abs=1e-8)  # radii within 1e-9 of 1 count as 1
+    assert network == pytest.approx(0.2, abs=1e-8)
     assert now == pytest.approx(0.6)
 
 
@@ -228,6 +228,30 @@ def test_critical_grammar_is_reported_inconsistent() -> None:
     assert report.rho == pytest.approx(1.0, abs=1e-9)
     assert math.isinf(report.expected_nonterminals) and math.isinf(report.network_terminals)
     assert all(math.isinf(v) for v in report.expansions.values())
+
+
+# Exactly critical network, where numpy's eigvals gives 1 - 1e-16 and I - E_net is singular
+# (this used to raise LinAlgError from einc check). Network: A -> B 0.8, A -> A 0.2, B -> C 1,
+# C -> A 0.5 * 2 copies = 1: det(lambda I - E) = lambda^3 - 0.2 lambda^2 - 0.8, root lambda = 1.
+# Derivation (C -> A 0.5): N(A) = 1 + 0.2 N(A) + 0.5 N(C), N(B) = N(C) = 0.8 N(A), so
+# N(A) = 1 / 0.4 = 2.5, N(B) = N(C) = 2; nonterminals 1 + 2.5 + 2 + 2 = 7.5; operations
+# A 2.5 * 0.2 (relu) + C 2 * (0.5 * 2 + 0.5 * 1) = 0.5 + 3 = 3.5. rho solves
+# lambda^3 = 0.2 lambda^2 + 0.4: about 0.81.
+CRITICAL_NETWORK = """\
+start S(shape=(16, 8))
+S -> A
+A -> B @ 0.8 | relu A @ 0.2
+B -> C
+C -> clone(b=2) {b=2: A*} add @ 0.5 | relu @ 0.5
+"""
+
+
+def test_exactly_critical_network_is_infinite_not_a_crash() -> None:
+    r = report_of(CRITICAL_NETWORK)
+    assert r.rho_network == 1.0 and math.isinf(r.network_terminals)
+    assert r.rho == pytest.approx(0.8098, abs=1e-3)
+    assert r.expansions == pytest.approx({"S": 1, "A": 2.5, "B": 2, "C": 2}, abs=1e-9)
+    assert r.expected_nonterminals == pytest.approx(7.5) and r.expected_terminals == pytest.approx(3.5)
 
 
 # ---------------------------------------------------------------- Monte Carlo
