@@ -274,6 +274,8 @@ def _read(path: Path, sources: _Sources, stack: tuple[str, ...], diags: list[Dia
         diags.append(sources.diag(at, "include", f'"{path.name}" includes itself (through '
                                   + " -> ".join([*(Path(s).name for s in stack), path.name]) + ")"))
         return []
+    if _same_file(key, tuple(sources.text)):
+        return []  # included once already (a diamond, not a cycle): its rules are in the table
     try:
         if path.exists() and not path.is_file() and not path.is_dir():  # a device or pipe may never end
             raise OSError(0, "not a regular file")

@@ -385,3 +385,14 @@ def mutated_einspace(draw) -> str:
 @given(mutated_einspace())
 def test_fuzz_mutated_einspace(text: str) -> None:
     assert_diagnoses(text)
+
+
+def test_a_file_included_twice_through_a_diamond_is_read_once(tmp_path):
+    (tmp_path / "d.ein").write_text("X -> relu\n")
+    (tmp_path / "b.ein").write_text('include "d.ein"\n')
+    (tmp_path / "c.ein").write_text('include "d.ein"\n')
+    top = tmp_path / "a.ein"
+    top.write_text('include "b.ein"\ninclude "c.ein"\nstart S(shape=(4, 4))\nS -> X\n')
+    table, diags, _ = analyse(top.read_text(), str(top))
+    assert [d for d in diags if d.severity == "error"] == []
+    assert len(table.rules["X"]) == 1
