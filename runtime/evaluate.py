@@ -19,6 +19,7 @@ debuggers. A distributed backend (e.g. Ray) only has to implement the ``Evaluato
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -171,13 +172,14 @@ def _worker(conn: Connection, threads: int | None) -> None:
         try:
             conn.send(reply)
         except Exception as e:
-            conn.send(("failed", None, f"{_reason(e)} (while sending the result back)", None))
+            with contextlib.suppress(Exception):  # the search may be gone; nothing left to tell
+                conn.send(("failed", None, f"{_reason(e)} (while sending the result back)", None))
             return
         if reply[0] != "ok":
             return  # a failed job may leave the process damaged (CUDA context, leaked memory): start afresh
 
 
-@dataclass
+@dataclass(eq=False)
 class _Slot:
     proc: BaseProcess | None = None
     conn: Connection | None = None
@@ -189,6 +191,7 @@ class LocalEvaluator:
     """``workers`` persistent spawn-context processes on this machine, each job killed after ``time_limit`` s.
 
     ``threads`` caps torch/BLAS threads per worker (set it to cores // workers for CPU training).
+    Workers are daemonic, so a job cannot start processes of its own (no DataLoader workers).
     The time limit counts from dispatch, so it includes a fresh worker's start (well under a second,
     plus whatever the job imports).
     """
@@ -224,14 +227,15 @@ class LocalEvaluator:
 
     def close(self) -> None:
         self._queue.clear()
+        self._done.clear()
+        idle = [s for s in self._slots if s.proc is not None and s.job is None and s.conn is not None]
+        for slot in idle:
+            with contextlib.suppress(OSError):
+                slot.conn.send_bytes(pickle.dumps(None))  # type: ignore[union-attr]  # let it exit cleanly
         for slot in self._slots:
-            if slot.proc is not None and slot.job is None and slot.conn is not None:
-                try:
-                    slot.conn.send_bytes(pickle.dumps(None))  # let an idle worker exit cleanly
-                    slot.proc.join(timeout=1.0)
-                except OSError:
-                    pass
-            self._retire(slot)
+            if slot in idle:
+                slot.proc.join(timeout=1.0)  # type: ignore[union-attr]
+            self._retire(slot)  # kills whatever is still running
 
     def __enter__(self) -> LocalEvaluator:
         return self
@@ -243,7 +247,8 @@ class LocalEvaluator:
 
     def _start(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe()
-        # daemon: a worker never outlives the search, even when the search itself crashes
+        # daemon: stopped when the search exits. If the search is killed outright, the worker sees
+        # EOF on its pipe after the current job and exits then.
         proc = self._ctx.Process(target=_worker, args=(child, self.threads), daemon=True, name="einc-worker")
         proc.start()
         child.close()

@@ -64,8 +64,8 @@ class TrainConfig:
 
 
 def pick_device(requested: str | None = None) -> str:
-    """``requested`` if given (e.g. "cpu", "cuda:1"), else "cuda" when available, else "cpu"."""
-    if requested:
+    """``requested`` if given (e.g. "cpu", "cuda:1"); for None or "auto": "cuda" if available, else "cpu"."""
+    if requested and requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise TrainError(f'device "{requested}" requested but CUDA is not available; use "cpu"')
         return requested

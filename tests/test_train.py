@@ -94,7 +94,7 @@ def test_settings_and_devices():
     with pytest.raises(TrainError, match="epochs=0"):
         TrainConfig(epochs=0)
     assert pick_device("cpu") == "cpu"
-    assert pick_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device(None) == pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(TrainError, match="CUDA is not available"):
             pick_device("cuda")
