@@ -7,7 +7,9 @@ valid/test never leak into preprocessing. x is float32, ``N x C x H x W`` (Im mo
 
     >>> d = load_data("digits")            # no download: sklearn's 8x8 digits, AddNIST-style
     >>> d.input_shape, d.num_classes, d.train_x.shape
-    ((3, 8, 8), 28, (3000, 3, 8, 8))
+    ((2, 8, 8), 19, (5000, 2, 8, 8))
+    >>> load_data("digits3").input_shape, load_data("digits10").input_shape
+    ((3, 8, 8), (1, 8, 8))
 """
 
 from __future__ import annotations
@@ -195,12 +197,29 @@ def load_pair(x_path: str | Path, y_path: str | Path, seed: int = 0, num_classes
     return _finish(xp.stem, arrays, where, classes, normalise)
 
 
-def digits_task(seed: int = 0, sizes: tuple[int, int, int] = (3000, 600, 600),
+def digits(seed: int = 0, normalise: bool = True) -> Dataset:
+    """sklearn's 1797 8x8 digits as a plain 10-class task (1 x 8 x 8), split 70/15/15, seeded."""
+    images, labels = _digits_base()
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(images))
+    parts = np.split(perm, [int(0.70 * len(perm)), int(0.85 * len(perm))])
+    arrays: dict[str, np.ndarray] = {}
+    for split, idx in zip(SPLITS, parts):
+        arrays[f"{split}_x"] = images[idx][:, None]  # (n, 1, 8, 8)
+        arrays[f"{split}_y"] = labels[idx]
+    return _finish("digits10", arrays, {k: f"digits10 ({k})" for k in KEYS}, 10, normalise)
+
+
+def digits_task(seed: int = 0, sizes: tuple[int, int, int] = (5000, 1000, 1000), count: int = 2,
                 normalise: bool = True) -> Dataset:
-    """AddNIST in miniature, with no download: three 8x8 digits as channels, label = their sum (28 classes).
+    """AddNIST in miniature, with no download: ``count`` 8x8 digits stacked as channels, label =
+    their sum (9 * count + 1 classes).
 
     The 1797 base images are first split 70/15/15 into disjoint pools, and each split draws its
-    triples from its own pool only, so no base image is seen in more than one split.
+    tuples from its own pool only, so no base image is seen in more than one split. With two
+    digits (the default, "digits") a small ResNet reaches ~90% validation accuracy in seconds
+    on a CPU, leaving a search room to improve; three digits ("digits3", AddNIST's channel
+    count) is far harder with this little data.
     """
     images, digits = _digits_base()
     rng = np.random.default_rng(seed)
@@ -208,11 +227,12 @@ def digits_task(seed: int = 0, sizes: tuple[int, int, int] = (3000, 600, 600),
     pools = np.split(perm, [int(0.70 * len(perm)), int(0.85 * len(perm))])
     arrays: dict[str, np.ndarray] = {}
     for split, pool, size in zip(SPLITS, pools, sizes):
-        pick = pool[rng.integers(0, len(pool), size=(size, 3))]  # (size, 3) base-image indices
-        arrays[f"{split}_x"] = images[pick]                        # (size, 3, 8, 8)
+        pick = pool[rng.integers(0, len(pool), size=(size, count))]  # (size, count) base-image indices
+        arrays[f"{split}_x"] = images[pick]                            # (size, count, 8, 8)
         arrays[f"{split}_y"] = digits[pick].sum(axis=1)
-    where = {k: f"digits ({k})" for k in KEYS}
-    return _finish("digits", arrays, where, 28, normalise)
+    name = "digits" if count == 2 else f"digits{count}"
+    where = {k: f"{name} ({k})" for k in KEYS}
+    return _finish(name, arrays, where, 9 * count + 1, normalise)
 
 
 @functools.lru_cache(maxsize=1)
@@ -224,19 +244,23 @@ def _digits_base() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_data(spec: str, seed: int = 0, normalise: bool = True) -> Dataset:
-    """Resolve a data spec: ``"digits"``, an Unseen-NAS folder, a ``.npz`` file, or ``"x.npy,y.npy"``.
+    """Resolve a data spec: ``"digits"`` (two-digit sums), ``"digits3"``, ``"digits10"``, an Unseen-NAS folder, a ``.npz`` file, or ``"x.npy,y.npy"``.
 
     ``seed`` only matters where the loader draws a split (``digits``, an x/y pair).
     """
     if spec == "digits":
         return digits_task(seed, normalise=normalise)
+    if spec == "digits3":
+        return digits_task(seed, (3000, 600, 600), count=3, normalise=normalise)
+    if spec == "digits10":
+        return digits(seed, normalise=normalise)
     if "," in spec and not Path(spec).exists():
         x_path, _, y_path = spec.partition(",")
         return load_pair(x_path.strip(), y_path.strip(), seed, normalise=normalise)
     p = Path(spec)
     if p.is_dir():
         return load_unseen_nas(p, normalise=normalise)
-    expected = 'expected "digits", an Unseen-NAS folder, a .npz file or "x.npy,y.npy"'
+    expected = 'expected "digits", "digits3", "digits10", an Unseen-NAS folder, a .npz file or "x.npy,y.npy"'
     if p.suffix == ".npz":
         return load_npz(p, normalise=normalise)
     if not p.exists():

@@ -94,13 +94,25 @@ def test_load_data_dispatches_on_the_spec(tmp_path):
 
 def test_digits_task_shapes_labels_and_determinism():
     a, b, c = digits_task(0), digits_task(0), digits_task(1)
-    assert a.input_shape == (3, 8, 8) and a.num_classes == 28
-    assert a.train_x.shape == (3000, 3, 8, 8) and a.valid_x.shape == a.test_x.shape == (600, 3, 8, 8)
+    assert a.input_shape == (2, 8, 8) and a.num_classes == 19
+    assert a.train_x.shape == (5000, 2, 8, 8) and a.valid_x.shape == a.test_x.shape == (1000, 2, 8, 8)
     for y in (a.train_y, a.valid_y, a.test_y):
-        assert y.dtype == np.int64 and 0 <= y.min() and y.max() <= 27
+        assert y.dtype == np.int64 and 0 <= y.min() and y.max() <= 18
     assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.test_y, b.test_y)
     assert not np.array_equal(a.train_x, c.train_x)
     assert load_data("digits", seed=1).train_x.shape == c.train_x.shape
+    three = load_data("digits3")
+    assert three.input_shape == (3, 8, 8) and three.num_classes == 28 and three.train_x.shape[0] == 3000
+
+
+def test_plain_digits_task_is_seeded_disjoint_and_ten_class():
+    a, b = load_data("digits10"), load_data("digits10")
+    assert a.input_shape == (1, 8, 8) and a.num_classes == 10
+    assert len(a.train_y) + len(a.valid_y) + len(a.test_y) == 1797
+    assert np.array_equal(a.train_x, b.train_x)
+    assert not np.array_equal(load_data("digits10", seed=1).train_y, a.train_y)
+    rows = lambda x: {r.tobytes() for r in x.reshape(len(x), -1)}  # noqa: E731
+    assert len(rows(a.test_x) & rows(a.train_x)) < 10  # (a few sklearn digits are exact duplicates)
 
 
 def test_digits_task_labels_are_digit_sums_and_pools_are_disjoint():
@@ -108,7 +120,7 @@ def test_digits_task_labels_are_digit_sums_and_pools_are_disjoint():
 
     base = load_digits()
     lookup = {im.tobytes(): int(t) for im, t in zip(base.images.astype(np.float32), base.target)}
-    d = digits_task(0, normalise=False)
+    d = digits_task(0, count=3, normalise=False)
     pools = {}
     for split in ("train", "valid", "test"):
         x, y = getattr(d, f"{split}_x"), getattr(d, f"{split}_y")
