@@ -73,16 +73,16 @@ _plugin_option = click.option("--plugin", "plugins", multiple=True, type=click.P
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @_plugin_option
 def check(file: str, as_json: bool, plugins: tuple[str, ...]) -> None:
-    """Check a .ein grammar and report its size and consistency."""
-    from .ein import analyse
+    """Check a .ein grammar (a path, or a bundled name such as einspace) and report on it."""
+    from .ein import analyse, grammar_path
 
     library = load_plugins(plugins)
     try:
-        text = Path(file).read_text(encoding="utf-8")
+        text = grammar_path(file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         _fail(f"{file}:1:1: error: cannot read: {getattr(e, 'strerror', None) or type(e).__name__}  [include]")
     table, diags, report = analyse(text, file, library)

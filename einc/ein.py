@@ -554,7 +554,7 @@ def compile_ein(text: str, path: str = "<string>", library: Library = BUILTIN) -
 
 def load(path: str | Path, library: Library = BUILTIN) -> RuleTable:
     """Compile a .ein file (a path, or a bundled grammar's name such as "einspace")."""
-    p = _resolve(path)
+    p = grammar_path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -563,7 +563,8 @@ def load(path: str | Path, library: Library = BUILTIN) -> RuleTable:
     return compile_ein(text, str(path), library)
 
 
-def _resolve(path: str | Path) -> Path:
+def grammar_path(path: str | Path) -> Path:
+    """A path as given, or the bundled grammar of that name (``"einspace"``)."""
     p = Path(path)
     if p.exists() or p.suffix:
         return p
