@@ -82,10 +82,11 @@ def check(file: str, as_json: bool, plugins: tuple[str, ...]) -> None:
 
     library = load_plugins(plugins)
     try:
-        text = grammar_path(file).read_text(encoding="utf-8")
+        path = grammar_path(file)
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         _fail(f"{file}:1:1: error: cannot read: {getattr(e, 'strerror', None) or type(e).__name__}  [include]")
-    table, diags, report = analyse(text, file, library)
+    table, diags, report = analyse(text, str(path) if path != Path(file) else file, library)
     errors = [d for d in diags if d.severity == "error"]
     if as_json:
         click.echo(json.dumps(_report_json(file, table, diags, report), indent=2))

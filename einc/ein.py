@@ -560,7 +560,7 @@ def load(path: str | Path, library: Library = BUILTIN) -> RuleTable:
     except (OSError, UnicodeDecodeError) as e:
         raise EinCheckError([Diagnostic(Span(str(path), 1, 1), "error", "include",
                                         f'cannot read "{path}": {getattr(e, "strerror", None) or type(e).__name__}')]) from None
-    return compile_ein(text, str(path), library)
+    return compile_ein(text, str(p), library)
 
 
 def grammar_path(path: str | Path) -> Path:
