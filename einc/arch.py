@@ -22,7 +22,7 @@ from functools import lru_cache
 
 from .errors import ArchError, Span
 from .ops import Value, show_value
-from .pcfg import _effect
+from .pcfg import finite_effect
 from .table import Alternative, Branches, OpCall, Ref, RuleTable
 from .tree import Expansion, Fork, Leaf, Node
 
@@ -333,7 +333,7 @@ class _Resolve:
             raise self.error(item, f'a hyperparameter of "{el.op}" is given twice', path)
         if tuple(sorted(given.items())) != el.args:
             raise self.error(item, f'{_show_op(item.name, item.kwargs)} is not a variant the grammar allows here', path)
-        eff = _effect(self.table, el, fs[0], fs[1])
+        eff = finite_effect(self.table, el, fs[0], fs[1])
         if eff is None:
             raise self.error(item, f'"{el.op}" does not apply in mode {fs[0] or "mixed"} with b={fs[1]}', path)
         return Leaf(el.op, el.args, self.span(item)), (eff[0], eff[1], fs[2])

@@ -39,7 +39,8 @@ def show_state(key: Key) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _effect(table: RuleTable, call: OpCall, m: str | None, b: int) -> tuple[str | None, int] | None:
+def finite_effect(table: RuleTable, call: OpCall, m: str | None, b: int) -> tuple[str | None, int] | None:
+    """(mode, branching factor) after ``call`` in a state with (m, b), or None if it refuses."""
     op = table.library.get(call.op)
     if op is None:
         return None
@@ -74,7 +75,7 @@ def _run_body(table: RuleTable, alt: Alternative, key: Key, out: dict[Key, Out],
             if mass <= 0:
                 continue
             if isinstance(el, OpCall):
-                eff = _effect(table, el, m, b)
+                eff = finite_effect(table, el, m, b)
                 if eff is not None:
                     new[eff] = new.get(eff, 0.0) + mass
             elif isinstance(el, Ref):
