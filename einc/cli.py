@@ -367,8 +367,9 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile each candidate (for GPUs).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/search", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the search recorded in --out with its saved settings.")
+@_budget_options
 def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, population, tournament, lr,
-           batch_size, seed, device, workers, time_limit, compile_model, out, resume) -> None:
+           batch_size, seed, device, workers, time_limit, compile_model, out, resume, **kw) -> None:
     """Search GRAMMAR's space on a dataset; results survive a crash (--resume)."""
     from tqdm import tqdm
 
@@ -380,7 +381,7 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, po
                           seed_names=tuple(Path(f).stem for f in seed_files), budget=budget,
                           population=population, tournament=tournament, epochs=epochs,
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                          time_limit=time_limit, workers=workers, compile=compile_model)
+                          time_limit=time_limit, workers=workers, compile=compile_model, **kw)
     bar = tqdm(total=None, desc="search", unit="eval", dynamic_ncols=True, file=sys.stderr)
 
     def show(p) -> None:

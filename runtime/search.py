@@ -58,6 +58,8 @@ class SearchConfig:
     max_params: int = 25_000_000
     max_flops: int = 10_000_000_000
     max_activations: int = 32_000_000
+    max_nodes: int = 2_000
+    max_depth: int = 200
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -123,7 +125,8 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     data = load_data_cached(config.data, config.data_seed)
     shape = data.input_shape
     budget = Budget(max_params=config.max_params, max_flops=config.max_flops,
-                    max_activations=config.max_activations)
+                    max_activations=config.max_activations, max_nodes=config.max_nodes,
+                    max_depth=config.max_depth)
     sampler = Sampler(grammar.table, shape, budget)
     rng = random.Random(config.seed)
     seeds = tuple(_seed_tree(grammar, text, name, shape) for text, name in

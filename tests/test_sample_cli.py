@@ -1,0 +1,57 @@
+"""einc sample / einc stats from the command line, including --verify on a user's grammar."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from einc.cli import main
+
+LIAR = ["tests/data/plugins/liar.ein", "--plugin", "tests/data/plugins/liar.py"]
+
+
+def test_sample_prints_canonical_strings_deterministically():
+    r1 = CliRunner().invoke(main, ["sample", "einspace", "-n", "5", "--seed", "3", "--input", "3,16,16"])
+    r2 = CliRunner().invoke(main, ["sample", "einspace", "-n", "5", "--seed", "3", "--input", "3,16,16"])
+    assert r1.exit_code == 0 and r1.output == r2.output and len(r1.output.splitlines()) == 5
+
+
+def test_sample_json_lines_carry_sizes():
+    r = CliRunner().invoke(main, ["sample", "einspace", "-n", "3", "--json", "--input", "1,28,28"])
+    rows = [json.loads(line) for line in r.output.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1, 2]
+    assert all({"arch", "terminals", "nonterminals", "params", "flops", "activations"} <= set(row) for row in rows)
+
+
+def test_verify_builds_and_runs_every_sample():
+    r = CliRunner().invoke(main, ["sample", "einspace", "-n", "25", "--input", "3,16,16", "--verify",
+                                  "--max-flops", "20000000"])
+    assert r.exit_code == 0, r.output
+    assert "verified 25 samples: 25 passed, 0 failed" in r.output
+
+
+def test_verify_names_the_sample_whose_network_disagrees_with_its_shapes():
+    r = CliRunner().invoke(main, ["sample", *LIAR, "-n", "30", "--verify"])
+    assert r.exit_code == 1
+    failed = [line for line in r.output.splitlines() if "FAILED" in line]
+    assert failed and all("liar" in line for line in failed)
+    assert "output shape" in failed[0] or "Error" in failed[0]
+
+
+def test_plugins_are_used_only_when_named():
+    r = CliRunner().invoke(main, ["check", "tests/data/plugins/liar.ein"])
+    assert r.exit_code == 1 and 'unknown operation "liar"' in r.output
+
+
+def test_stats_prints_table6_rows():
+    r = CliRunner().invoke(main, ["stats", "einspace", "-n", "200", "--p-stop", "0.7", "--input", "3,16,16"])
+    assert r.exit_code == 0
+    for row in ("terminals", "non-terminals", "branching factor"):
+        assert row in r.output
+
+
+def test_bad_flags_exit_2():
+    assert CliRunner().invoke(main, ["sample", "einspace", "--input", "3,x"]).exit_code == 2
+    assert CliRunner().invoke(main, ["sample", "einspace", "--p-stop", "1.5"]).exit_code == 2
+    assert CliRunner().invoke(main, ["sample", "einspace", "-n", "0"]).exit_code == 2
