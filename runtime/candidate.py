@@ -8,6 +8,7 @@ are loaded once per worker process and kept.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 
@@ -38,11 +39,13 @@ def evaluate(arch: str, grammar: str, data: str, data_seed: int, train: dict[str
     from .data import load_data_cached
     from .train import TrainConfig, pick_device, train_and_score
 
+    t0 = time.perf_counter()
     ds = load_data_cached(data, data_seed)
     torch.manual_seed(train.get("seed", 0))
     model = _model(arch, grammar, ds.input_shape, ds.num_classes, compile_model)
+    t1 = time.perf_counter()
     metrics = train_and_score(model, ds, TrainConfig(**train), pick_device(device))
-    return {"metrics": metrics}
+    return {"metrics": metrics, "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}
 
 
 def final_test(arch: str, grammar: str, data: str, data_seed: int, train: dict[str, Any], device: str | None,
@@ -53,8 +56,10 @@ def final_test(arch: str, grammar: str, data: str, data_seed: int, train: dict[s
     from .data import load_data_cached
     from .train import TrainConfig, pick_device, retrain_and_test
 
+    t0 = time.perf_counter()
     ds = load_data_cached(data, data_seed)
     torch.manual_seed(train.get("seed", 0))
     model = _model(arch, grammar, ds.input_shape, ds.num_classes, compile_model)
+    t1 = time.perf_counter()
     metrics = retrain_and_test(model, ds, TrainConfig(**train), pick_device(device))
-    return {"metrics": metrics}
+    return {"metrics": metrics, "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}

@@ -39,6 +39,7 @@ def write_outputs(out: Path, config, grammar, shape, num_classes: int, records: 
         "mean_val_acc": statistics.fmean(_acc(r) for r in ok) if ok else None,
         "wall_seconds": round(wall, 1),
         "evaluations_per_minute": round(60 * len(records) / wall, 2) if wall > 0 else None,
+        # everything but the training loops: sampling, mutation, building, worker start-up, journaling
         "share_outside_training": round(max(0.0, 1 - train_seconds / wall), 4) if wall > 0 and train_seconds else None,
     }
     if best:

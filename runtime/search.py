@@ -183,10 +183,12 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
                     evaluator.submit(Job(str(i), evaluate, dict(common, arch=text, train=config.train())))
             for outcome in evaluator.results():
                 i = int(outcome.key)
+                result = outcome.result or {}
                 record = dict(results[i], status=outcome.status, reason=outcome.reason,
-                              metrics=(outcome.result or {}).get("metrics", {}), seconds=round(outcome.seconds, 3))
+                              metrics=result.get("metrics", {}), seconds=round(outcome.seconds, 3),
+                              timing={k: round(v, 3) for k, v in result.get("timing", {}).items()})
                 journal.append(record)
-                train_seconds += outcome.seconds
+                train_seconds += result.get("timing", {}).get("train", 0.0)
                 results[i] = record
                 first.setdefault(record["arch"], record)
                 for j in waiting.get(record["arch"], [])[1:]:
@@ -213,12 +215,14 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
             evaluator.submit(Job("final", final_test, dict(common, arch=best["arch"],
                                                            train=config.train(config.final_epochs))))
             for outcome in evaluator.results():
+                result = outcome.result or {}
                 final = {"index": config.budget, "kind": "final", "arch": best["arch"], "of": best["index"],
                          "grammar_hash": grammar.hash, "seed": config.seed, "status": outcome.status,
-                         "reason": outcome.reason, "metrics": (outcome.result or {}).get("metrics", {}),
-                         "seconds": round(outcome.seconds, 3)}
+                         "reason": outcome.reason, "metrics": result.get("metrics", {}),
+                         "seconds": round(outcome.seconds, 3),
+                         "timing": {k: round(v, 3) for k, v in result.get("timing", {}).items()}}
                 journal.append(final)
-                train_seconds += outcome.seconds
+                train_seconds += result.get("timing", {}).get("train", 0.0)
     finally:
         if own:
             evaluator.close()
