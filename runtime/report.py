@@ -101,7 +101,7 @@ def _plot(path: Path, records: list[dict], strategy: str) -> None:
     ax.set_xlabel("evaluation")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"einc search ({strategy})")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
