@@ -31,6 +31,15 @@ def _model(arch: str, grammar: str, input_shape: tuple[int, ...], num_classes: i
     return model
 
 
+def _forget_generated_code() -> None:
+    """torch.fx registers each GraphModule's source in linecache and never drops it; a worker
+    that builds thousands of candidates over days would keep all of it."""
+    import linecache
+
+    for key in [k for k in linecache.cache if k.startswith("<eval_with_key>")]:
+        del linecache.cache[key]
+
+
 def evaluate(arch: str, grammar: str, data: str, data_seed: int, train: dict[str, Any], device: str | None,
              compile_model: bool = False) -> dict[str, Any]:
     """Train ``arch`` on the train split and score it on the validation split."""
@@ -44,7 +53,10 @@ def evaluate(arch: str, grammar: str, data: str, data_seed: int, train: dict[str
     torch.manual_seed(train.get("seed", 0))
     model = _model(arch, grammar, ds.input_shape, ds.num_classes, compile_model)
     t1 = time.perf_counter()
-    metrics = train_and_score(model, ds, TrainConfig(**train), pick_device(device))
+    try:
+        metrics = train_and_score(model, ds, TrainConfig(**train), pick_device(device))
+    finally:
+        _forget_generated_code()
     return {"metrics": metrics, "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}
 
 
@@ -61,5 +73,8 @@ def final_test(arch: str, grammar: str, data: str, data_seed: int, train: dict[s
     torch.manual_seed(train.get("seed", 0))
     model = _model(arch, grammar, ds.input_shape, ds.num_classes, compile_model)
     t1 = time.perf_counter()
-    metrics = retrain_and_test(model, ds, TrainConfig(**train), pick_device(device))
+    try:
+        metrics = retrain_and_test(model, ds, TrainConfig(**train), pick_device(device))
+    finally:
+        _forget_generated_code()
     return {"metrics": metrics, "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}
