@@ -243,7 +243,9 @@ def _forward_lines(gm: fx.GraphModule) -> tuple[tuple[list[str], list[str]], set
         if n.op == "output":
             lines.append(f"return {arg(n.args[0])}")
             continue
-        name = names[n] = ns.name(n.name)
+        # a module's or parameter's result is named after it (a rewritten node may be "linear_73")
+        named = n.op in ("call_module", "get_attr") and isinstance(n.target, str) and n.target.isidentifier()
+        name = names[n] = ns.name(n.target if named else n.name)
         if n.op == "placeholder":
             params.append(name)
             continue

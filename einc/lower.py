@@ -51,7 +51,10 @@ def lower(arch: "Architecture", input_shape: tuple[int, ...], num_classes: int |
 
     ``num_classes`` appends the paper's head (B.1): mean over positions (H, W in Im mode, S in
     Col mode), then ``nn.Linear(C or D, num_classes)`` named ``head``. ``optimize`` runs the
-    exact rewrites of einc.passes (convolutions, permute chains, dead code). ``check`` runs the
+    exact rewrites of einc.passes (convolutions, permute chains, dead code), then those of
+    einc.fusion (batched branches, merged linears, fused attention); they change the state
+    dict's layout, and ``einc.fusion.pack_state_dict`` / ``unpack_state_dict`` convert between
+    the two forms. ``check`` runs the
     result on a random batch of 2 (eval mode, no grad, its own RNG) and compares the output
     shape with the statically inferred one; ``graph.lint()`` always runs.
     """
@@ -84,9 +87,10 @@ def lower_tree(tree: Node, library: Library, input_shape: tuple[int, ...], num_c
                        "init": dict(ctx.inits)}
     _lint(gm)
     if optimize:
+        from .fusion import fuse
         from .passes import optimize as run_passes
 
-        run_passes(gm)
+        fuse(run_passes(gm))
     if check:
         _check_output(gm, _expected(inference.output[0], num_classes), input_shape)
     return gm

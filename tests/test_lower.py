@@ -109,7 +109,7 @@ def test_head_pools_positions_then_classifies(text, shape, width):
 def test_repeated_subtree_has_separate_weights():
     text = "branching(group-dim(dim=1, b=4), [sequential(linear(d=16), norm)]*4, concat(dim=1, b=4))"
     arch = grammar().parse(text, IM)
-    gm = einc.build(arch, IM)
+    gm = einc.build(arch, IM, optimize=False)  # the fused form stacks the four weights (test_fusion)
     linears = [m for m in gm.modules() if isinstance(m, nn.Linear)]
     norms = [m for m in gm.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(linears) == len(norms) == 4

@@ -1,0 +1,163 @@
+"""How fast einc's fused networks train: against hand-written PyTorch, and against unfused einc.
+
+    python bench/bench_fusion.py                        # both parts, defaults below (~6-10 min)
+    python bench/bench_fusion.py --samples 0            # the four seeds only
+    python bench/bench_fusion.py --models vit --samples 50
+
+1. Seeds: forward + backward time (zero_grad, cross-entropy, backward) of ``einc.build``'s
+   network (optimize=True: einc.passes and einc.fusion) over the hand-written one of
+   bench/handwritten.py (same parameter count), batch 16, input (3, 64, 64), one thread, CPU,
+   train mode, runs interleaved (einc, hand, einc, hand, ...) so drift hits both alike; median
+   of ``--reps`` runs each after warm-up. Goals: ResNet18 and WRN-16-4 <= 1.02, ViT and
+   MLP-Mixer <= 1.05.
+2. Sampled networks: ``--samples`` architectures drawn from einspace (einc.testing.SMALL
+   budget, seeds 0, 1, ...) that have a repeated branch block; for each, three builds holding
+   the same weights (einc.fusion.pack_state_dict): unoptimised (optimize=False), einc.passes
+   only, and einc.passes + einc.fusion (optimize=True); batch 8, input (3, 32, 32), runs
+   interleaved, median of ``--sample-reps`` runs. Prints median and quartiles of the
+   speed-ups (time of the slower form / time of the fused one; > 1: fused is faster): over
+   the unoptimised build (what optimize=True buys) and over passes only (what fusion adds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import einc  # noqa: E402
+from einc.fusion import pack_state_dict  # noqa: E402
+from einc.ops import feature_for  # noqa: E402
+from einc.sample import Sampler  # noqa: E402
+from einc.testing import SMALL  # noqa: E402
+from einc.tree import Fork, walk  # noqa: E402
+
+from handwritten import MODELS  # noqa: E402
+
+CLASSES = 10
+GOALS = {"resnet18": 1.02, "wrn16_4": 1.02, "vit": 1.05, "mixer": 1.05}
+
+
+def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    t = time.perf_counter()
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    return time.perf_counter() - t
+
+
+def interleaved(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int,
+                warmup: int = 2) -> tuple[float, float]:
+    """Median seconds of a and of b, run alternately."""
+    ta, tb = interleaved_all([a, b], x, y, reps, warmup)
+    return ta, tb
+
+
+def seeds(names: list[str], reps: int, batch: int = 16) -> None:
+    shape = (3, 64, 64)
+    g = einc.load("einspace")
+    print(f"\n1. einc (optimize=True) vs hand-written: forward+backward, batch {batch}, input {shape}, "
+          f"median of {reps} interleaved runs")
+    print(f"{'model':10s} {'einc ms':>9s} {'hand ms':>9s} {'ratio':>6s} {'goal':>6s} {'params':>12s}")
+    for name in names:
+        torch.manual_seed(0)
+        arch = g.parse((ROOT / "examples" / f"{name}.arch").read_text().strip(), shape)
+        ours = einc.build(arch, shape, num_classes=CLASSES).train()
+        hand = MODELS[name](num_classes=CLASSES, in_channels=3, image_size=64).train()
+        x = torch.randn(batch, *shape)
+        y = torch.randint(0, CLASSES, (batch,))
+        a, b = interleaved(ours, hand, x, y, reps)
+        n_ours = sum(p.numel() for p in ours.parameters())
+        n_hand = sum(p.numel() for p in hand.parameters())
+        same = "" if n_ours == n_hand else f" (hand-written: {n_hand:,})"
+        ratio = a / b
+        mark = "ok" if ratio <= GOALS[name] else "MISSED"
+        print(f"{name:10s} {1000 * a:9.1f} {1000 * b:9.1f} {ratio:6.3f} {GOALS[name]:6.2f} "
+              f"{n_ours:12,d}{same}  {mark}", flush=True)
+
+
+def _repeated(tree) -> bool:
+    return any(isinstance(f, Fork) and f.repeated for _, f in walk(tree))
+
+
+def interleaved_all(models: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor, reps: int,
+                    warmup: int = 1) -> list[float]:
+    """Median seconds of each model, run in turn."""
+    for _ in range(warmup):
+        for m in models:
+            _step(m, x, y)
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(reps):
+        for m, t in zip(models, times):
+            t.append(_step(m, x, y))
+    return [statistics.median(t) for t in times]
+
+
+def _quartiles(values: list[float]) -> str:
+    q1, med, q3 = statistics.quantiles(values, n=4)
+    return (f"median {med:.3f}, quartiles {q1:.3f} / {q3:.3f}, min {min(values):.3f}, max {max(values):.3f}, "
+            f"fused faster in {sum(v > 1 for v in values)}/{len(values)}")
+
+
+def sampled(count: int, reps: int, batch: int = 8, shape: tuple[int, ...] = (3, 32, 32)) -> None:
+    from einc.passes import optimize
+
+    g = einc.load("einspace")
+    sampler = Sampler(g.table, shape, SMALL)
+    mode = feature_for(shape).mode
+    print(f"\n2. fused einc vs unfused on {count} sampled networks with a repeated branch block: "
+          f"forward+backward, batch {batch}, input {shape}, median of {reps} interleaved runs", flush=True)
+    ms: list[tuple[float, float, float]] = []  # unoptimised, passes only, fused
+    seed = 0
+    start = time.perf_counter()
+    while len(ms) < count:
+        tree = sampler.sample(random.Random(seed))
+        seed += 1
+        if not _repeated(tree):
+            continue
+        arch = g.architecture(tree, mode)
+        torch.manual_seed(seed)
+        raw = einc.build(arch, shape, num_classes=CLASSES, optimize=False).train()
+        passes = optimize(copy.deepcopy(raw))
+        fused = einc.build(arch, shape, num_classes=CLASSES, check=False).train()
+        fused.load_state_dict(pack_state_dict(raw.state_dict(), fused))
+        x = torch.randn(batch, *shape)
+        y = torch.randint(0, CLASSES, (batch,))
+        ms.append(tuple(1000 * t for t in interleaved_all([raw, passes, fused], x, y, reps)))
+        if len(ms) % 50 == 0:
+            print(f"  {len(ms)} networks, {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"speed-up over unoptimised (optimize=False): {_quartiles([r / f for r, _, f in ms])}")
+    print(f"speed-up over passes only (fusion's part):  {_quartiles([p / f for _, p, f in ms])}")
+    total = [sum(col) / 1000 for col in zip(*ms)]
+    medians = [statistics.median(col) for col in zip(*ms, strict=True)]
+    print(f"median step: unoptimised {medians[0]:.2f} ms, passes only {medians[1]:.2f} ms, fused "
+          f"{medians[2]:.2f} ms; sum over the networks: {total[0]:.2f} s, {total[1]:.2f} s, {total[2]:.2f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet18,wrn16_4,vit,mixer",
+                    help="comma-separated: " + ",".join(MODELS))
+    ap.add_argument("--reps", type=int, default=7, help="timed runs per seed measurement (median; >= 5)")
+    ap.add_argument("--samples", type=int, default=200, help="sampled networks (0: skip)")
+    ap.add_argument("--sample-reps", type=int, default=5, help="timed runs per sampled network (median)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"einc {einc.__version__}, torch {torch.__version__}, 1 thread, CPU")
+    if args.models:
+        seeds(args.models.split(","), max(args.reps, 5))
+    if args.samples:
+        sampled(args.samples, args.sample_reps)
+
+
+if __name__ == "__main__":
+    main()

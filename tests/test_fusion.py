@@ -1,0 +1,319 @@
+"""Fusion is exact: fused and unfused networks compute the same function with the same weights."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+import einc
+from einc.emit import emit, load_source
+from einc.fusion import (batch_branches, dedupe, fuse, fuse_attention, merge_linears, pack_state_dict,
+                         unpack_state_dict)
+from einc.lower import assert_same_function, check_shapes
+from einc.ops import feature_for
+from einc.passes import optimize, order_add_operands
+from einc.sample import Sampler
+from einc.testing import SMALL
+from einc.tree import Fork, walk
+
+from _builds import SEEDS, grammar, one_thread, seed, unoptimised  # noqa: F401 (autouse)
+
+IM, COL = (4, 8, 16), (6, 8)
+FOUR = ["resnet18", "wrn16_4", "vit", "mixer"]
+
+
+def _raw(text: str, shape: tuple[int, ...], **kw) -> fx.GraphModule:
+    return einc.build(grammar().parse(text, shape), shape, optimize=False, **kw)
+
+
+def _fused_like(raw: fx.GraphModule, arch: einc.Architecture, shape, **kw) -> fx.GraphModule:
+    """A fresh optimised build (its own random weights) loaded with ``raw``'s weights."""
+    gm = einc.build(arch, shape, **kw)
+    gm.load_state_dict(pack_state_dict(raw.state_dict(), gm))
+    return gm
+
+
+def _round_trip(raw: fx.GraphModule, gm: fx.GraphModule) -> None:
+    back = unpack_state_dict(gm.state_dict(), gm)
+    want = raw.state_dict()
+    assert list(back) == list(want)
+    for k, v in want.items():
+        assert torch.equal(back[k], v), k
+
+
+def _same_in_training(raw: fx.GraphModule, gm: fx.GraphModule, shape, batch: int = 2) -> None:
+    """Train mode (BatchNorm on batch statistics), float64: same output, same gradients."""
+    raw, gm = copy.deepcopy(raw).double().train(), copy.deepcopy(gm).double().train()
+    x = torch.randn(batch, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for m in (raw, gm):
+        y = m(x)
+        if not y.requires_grad:  # no parameter on the way
+            return
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        outs.append(y)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-7, atol=1e-9)
+    grads = unpack_state_dict({k: p.grad for k, p in gm.named_parameters()}, gm)
+    # tolerance relative to the largest gradient: BatchNorm on a batch of 2 makes some of 1e4,
+    # and a bias before a BatchNorm has gradient 0 up to rounding noise
+    scale = max(p.grad.abs().max().item() for p in raw.parameters())
+    for k, p in raw.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, rtol=1e-6, atol=1e-7 * scale + 1e-12,
+                                   msg=lambda m, k=k: f"{k}: {m}")
+
+
+def _calls(gm: fx.GraphModule, target) -> int:
+    return sum(n.target is target or n.target == target for n in gm.graph.nodes if n.op != "call_module")
+
+
+# ---------------------------------------------------------------- the four seeds
+
+
+@pytest.mark.parametrize("name", FOUR)
+def test_fused_seed_is_the_same_function(name):
+    raw, shape = unoptimised(name), SEEDS[name]
+    gm = _fused_like(raw, seed(name), shape)
+    check_shapes(gm, seed(name), shape)
+    assert sum(p.numel() for p in gm.parameters()) == seed(name).infer(shape).params
+    assert_same_function(raw, gm, shape)
+    _round_trip(raw, gm)
+
+
+def test_vit_heads_become_one_linear_and_attention():
+    gm = _fused_like(unoptimised("vit"), seed("vit"), SEEDS["vit"])
+    linears = [m for m in gm.modules() if isinstance(m, nn.Linear)]
+    assert sum((m.in_features, m.out_features) == (512, 768) for m in linears) == 4  # Q, K, V of 4 heads
+    assert not any(m.out_features == 64 for m in linears)
+    assert _calls(gm, F.scaled_dot_product_attention) == 4
+    assert _calls(gm, torch.matmul) == _calls(gm, torch.softmax) == 0
+    _same_in_training(unoptimised("vit"), gm, SEEDS["vit"])
+    source = emit(gm)
+    assert "self.linear_1 = nn.Linear(512, 768)" in source
+    assert "F.scaled_dot_product_attention(" in source and "scale=0.125" in source
+
+
+def test_resnet_trains_the_same_fused():
+    gm = _fused_like(unoptimised("resnet18"), seed("resnet18"), SEEDS["resnet18"])
+    _same_in_training(unoptimised("resnet18"), gm, SEEDS["resnet18"])
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet18"])
+def test_emitted_fused_seed_is_the_same_module(name):
+    gm = einc.build(seed(name), SEEDS[name], num_classes=10)
+    source = emit(gm)
+    net = load_source(source, name)["Net"]()
+    net.load_state_dict(gm.state_dict())
+    assert_same_function(gm, net, SEEDS[name], double=False, rtol=1e-5, atol=1e-6)
+    assert source == emit(copy.deepcopy(gm))
+
+
+def test_mixer_residual_sum_keeps_the_contiguous_layout():
+    gm = optimize(copy.deepcopy(unoptimised("mixer")))
+    assert order_add_operands(gm) == 0  # already done by optimize: 8 token-mixing sums reordered
+    raw = copy.deepcopy(unoptimised("mixer"))
+    assert order_add_operands(raw) == 8
+    assert_same_function(unoptimised("mixer"), raw, SEEDS["mixer"], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- batching, case by case
+
+
+@pytest.mark.parametrize("text, shape", [
+    ("branching(clone(b=4), [sequential(linear(d=16), relu, linear(d=16))]*4, concat(dim=2, b=4))", COL),
+    ("branching(clone(b=4), [sequential(linear(d=16), relu, linear(d=16))]*4, add)", COL),  # row-parallel
+    ("branching(clone(b=8), [linear(d=16)]*8, add)", COL),                                   # summed weights
+    ("branching(group-dim(dim=1, b=4), [sequential(linear(d=16), norm)]*4, concat(dim=1, b=4))", IM),
+    ("branching(group-dim(dim=3, b=4), [linear(d=16)]*4, concat(dim=2, b=4))", IM),
+    ("branching(group-dim(dim=2, b=2), [sequential(norm, pos-enc, softmax),"
+     " sequential(norm, pos-enc, softmax)], concat(dim=1, b=2))", COL),
+    ("branching(clone(b=4), [sequential(norm, relu)]*4, add)", IM),                    # BatchNorm of a clone
+    ("branching(clone(b=2), [sequential(relu, linear(d=16)), sequential(relu, linear(d=16))], add)", COL),
+    ("branching(clone(b=4), [routing(im2col(k=3, s=1, p=1), linear(d=16), col2im)]*4,"
+     " concat(dim=1, b=4))", IM),
+    ("branching(group-dim(dim=2, b=4), [routing(permute(o=(2, 1)), sequential(norm, linear(d=16)),"
+     " permute(o=(2, 1)))]*4, concat(dim=2, b=4))", COL),
+    ("branching(clone(b=4), [branching(group-dim(dim=2, b=2), [sequential(linear(d=16), softmax),"
+     " sequential(linear(d=16), softmax)], add)]*4, concat(dim=1, b=4))", COL),               # nested
+    ("branching(clone(b=4), [branching(clone(b=2), [sequential(linear(d=16), relu),"
+     " routing(identity, linear(d=16), permute(o=(2, 1)))], matmul(scaled=true))]*4, add)", COL),
+], ids=range(12))
+def test_equal_branches_are_batched_exactly(text, shape):
+    raw = _raw(text, shape)
+    gm = optimize(copy.deepcopy(raw))
+    assert batch_branches(gm) == 1
+    assert_same_function(raw, gm, shape)
+    fuse(gm)
+    assert_same_function(raw, gm, shape)
+    _same_in_training(raw, gm, shape)
+    _round_trip(raw, gm)
+    net = load_source(emit(gm))["Net"]()
+    net.load_state_dict(gm.state_dict())
+    assert_same_function(gm, net, shape, double=False, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("text, shape", [
+    ("branching(clone(b=2), [linear(d=16), linear(d=32)], concat(dim=2, b=2))", COL),      # different widths
+    ("branching(clone(b=2), [relu, identity], add)", IM),                                  # different ops
+    ("branching(clone(b=2), [relu, relu], matmul(scaled=false))", (6, 6)),                # not add / concat
+    ("branching(clone(b=4), [identity]*4, concat(dim=1, b=4))", IM),                      # nothing per branch
+    # a convolution per split piece would be a grouped convolution: slower on CPU, left alone
+    ("branching(group-dim(dim=1, b=2), [routing(im2col(k=3, s=1, p=1), linear(d=16), col2im),"
+     " routing(im2col(k=3, s=1, p=1), linear(d=16), col2im)], concat(dim=1, b=2))", IM),
+], ids=range(5))
+def test_other_blocks_are_left_alone(text, shape):
+    raw = _raw(text, shape)
+    gm = optimize(copy.deepcopy(raw))
+    assert batch_branches(gm) == 0
+    assert_same_function(raw, gm, shape)
+
+
+def test_a_weight_used_twice_is_not_stacked():
+    raw = _raw("branching(clone(b=2), [linear(d=16), linear(d=16)], add)", COL)
+    gm = copy.deepcopy(raw)
+    second = [n for n in gm.graph.nodes if n.op == "call_module"][1]
+    second.target = "linear_0"  # both branches now call one module
+    gm.recompile()
+    assert batch_branches(gm) == 0
+
+
+def test_batched_block_names_follow_the_first_branch():
+    text = "branching(clone(b=4), [sequential(linear(d=16), norm, linear(d=32))]*4, concat(dim=2, b=4))"
+    raw = _raw(text, COL)
+    gm = fuse(optimize(copy.deepcopy(raw)))
+    assert gm.linear_0.weight.shape == (64, 8)  # four Linear(8, 16) side by side
+    assert gm.norm_0_weight.shape == (4, 1, 16) and gm.linear_1_weight.shape == (4, 32, 16)
+    assert set(gm.meta["einc"]["init"]) >= {"norm_0_weight", "linear_1_weight", "linear_1_bias"}
+    assert torch.equal(gm.linear_1_weight[2], raw.linear_5.weight)  # branch 2's second linear
+
+
+# ---------------------------------------------------------------- attention, merging, dedupe
+
+
+def test_attention_head_becomes_sdpa_with_one_qkv_linear():
+    raw = unoptimised("attention_head")
+    gm = _fused_like(raw, seed("attention_head"), SEEDS["attention_head"])
+    assert _calls(gm, F.scaled_dot_product_attention) == 1
+    assert [(m.in_features, m.out_features) for m in gm.modules() if isinstance(m, nn.Linear)] == [(512, 192)]
+    assert_same_function(raw, gm, SEEDS["attention_head"])
+
+
+def test_unscaled_attention_uses_scale_one():
+    text = ("branching(clone(b=2), [sequential(branching(clone(b=2), [linear(d=16),"
+            " routing(identity, linear(d=16), permute(o=(2, 1)))], matmul(scaled=false)), softmax),"
+            " linear(d=16)], matmul(scaled=false))")
+    raw = _raw(text, COL)
+    gm = fuse(optimize(copy.deepcopy(raw)))
+    (sdpa,) = [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention]
+    assert sdpa.kwargs["scale"] == 1.0
+    assert_same_function(raw, gm, COL)
+
+
+_QK = ("branching(clone(b=2), [linear(d=16), routing(identity, linear(d=16), permute(o=(2, 1)))],"
+       " matmul(scaled=true))")
+
+
+@pytest.mark.parametrize("middle", [
+    "relu",                                                     # no softmax between the products
+    "softmax, branching(clone(b=2), [identity, relu], add)",   # the attention weights used twice
+    "routing(permute(o=(2, 1)), softmax, permute(o=(2, 1)))",  # softmax over the queries
+], ids=["relu", "reused", "queries"])
+def test_what_is_not_attention_stays(middle):
+    text = f"branching(clone(b=2), [sequential({_QK}, {middle}), linear(d=16)], matmul(scaled=false))"
+    raw = _raw(text, COL)
+    gm = optimize(copy.deepcopy(raw))
+    assert fuse_attention(gm) == 0
+    assert_same_function(raw, gm, COL)
+
+
+def test_softmax_over_another_dim_is_not_attention():
+    g = fx.Graph()
+    q, k, v = (g.placeholder(n) for n in "qkv")
+    s = g.call_function(torch.matmul, (q, g.call_method("transpose", (k, -2, -1))))
+    p = g.call_function(torch.softmax, (s,), {"dim": 1})
+    g.output(g.call_function(torch.matmul, (p, v)))
+    for n, shape in zip((q, k, v), [(3, 5, 4), (3, 6, 4), (3, 6, 2)]):
+        n.meta["einc_stacked"] = (shape[0], shape[1:])
+    gm = fx.GraphModule(nn.Module(), g)
+    assert fuse_attention(gm) == 0
+
+
+def test_linears_on_one_input_merge_and_split():
+    text = "branching(clone(b=2), [linear(d=16), sequential(linear(d=32), relu)], concat(dim=2, b=2))"
+    raw = _raw(text, COL)
+    gm = optimize(copy.deepcopy(raw))
+    assert merge_linears(gm) == 1
+    assert (gm.linear_0.in_features, gm.linear_0.out_features) == (8, 48)
+    assert_same_function(raw, gm, COL)
+    _round_trip(raw, gm)
+
+
+def test_dedupe_computes_a_repeated_op_once():
+    raw = _raw("branching(clone(b=2), [softmax, softmax], matmul(scaled=false))", (6, 6))
+    gm = copy.deepcopy(raw)
+    assert dedupe(gm) == 1 and _calls(gm, torch.softmax) == 1
+    assert_same_function(raw, gm, (6, 6))
+
+
+# ---------------------------------------------------------------- state dicts
+
+
+def test_state_dicts_convert_both_ways():
+    raw = unoptimised("resnet18")
+    gm = einc.build(seed("resnet18"), SEEDS["resnet18"])
+    assert set(gm.state_dict()) != set(raw.state_dict())
+    gm.load_state_dict(pack_state_dict(raw.state_dict(), gm))
+    _round_trip(raw, gm)
+    other = copy.deepcopy(raw)
+    for p in other.parameters():
+        p.data.normal_()
+    other.load_state_dict(unpack_state_dict(gm.state_dict(), gm))  # strict
+    assert_same_function(other, gm, SEEDS["resnet18"])
+
+
+def test_a_wrong_state_dict_is_refused():
+    from einc.errors import LoweringError
+
+    gm = einc.build(seed("vit"), SEEDS["vit"])
+    with pytest.raises(LoweringError, match='entry "linear_1.weight" has shape'):
+        pack_state_dict(unoptimised("mixer").state_dict(), gm)
+
+
+# ---------------------------------------------------------------- sampled networks
+
+
+def _repeated(tree) -> bool:
+    return any(isinstance(f, Fork) and (f.repeated or len(set(f.children)) == 1) for _, f in walk(tree))
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (4, 12, 8), (8, 16)], ids=str)
+def test_sampled_networks_fuse_exactly(shape):
+    """Networks with equal branches, sampled: fused (weights packed) equals unfused, in float64."""
+    sampler = Sampler(grammar().table, shape, SMALL)
+    mode = feature_for(shape).mode
+    done = batched = i = 0
+    while done < 25:
+        tree = sampler.sample(random.Random(1000 + i))
+        i += 1
+        if not _repeated(tree):
+            continue
+        arch = grammar().architecture(tree, mode)
+        torch.manual_seed(i)
+        raw = einc.build(arch, shape, optimize=False, check=False, num_classes=3 if i % 3 == 0 else None)
+        gm = einc.build(arch, shape, num_classes=3 if i % 3 == 0 else None)
+        gm.load_state_dict(pack_state_dict(raw.state_dict(), gm))
+        assert_same_function(raw, gm, shape, rtol=1e-6, atol=1e-7)
+        _round_trip(raw, gm)
+        if done % 5 == 0:
+            _same_in_training(raw, gm, shape)
+            net = load_source(emit(gm))["Net"]()
+            net.load_state_dict(gm.state_dict())
+            assert_same_function(gm, net, shape, double=False, rtol=1e-5, atol=1e-6)
+        batched += any(n.meta.get("einc_batched") for n in gm.graph.nodes)
+        done += 1
+    assert batched >= 15  # most repeated blocks batch
