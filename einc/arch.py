@@ -406,7 +406,10 @@ def _parse_cached(text: str, table: RuleTable, mode: str) -> Expansion:
 def show(tree: Node) -> str:
     """The canonical bracket string of a tree."""
     out: list[str] = []
-    _show(tree, out, None)
+    try:
+        _show(tree, out, None)
+    except RecursionError:
+        raise ArchError("the tree is too deep to print; lower the sampler's max_depth") from None
     return "".join(out)
 
 

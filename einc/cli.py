@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
     from . import load
 
     text, source_path = arch, None
-    if Path(arch).is_file():
+    if os.path.isfile(arch):  # (a long architecture string is no path: isfile says so, never raises)
         source_path = arch
         try:
             text = Path(arch).read_text(encoding="utf-8")
@@ -376,7 +377,13 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, po
     from einc.runtime.report import format_summary
     from einc.runtime.search import SearchConfig, run_search
 
-    seeds = tuple(Path(f).read_text(encoding="utf-8").strip() for f in seed_files)
+    seeds = []
+    for f in seed_files:
+        try:
+            seeds.append(Path(f).read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"{f}:1:1: error: cannot read the seed: {getattr(e, 'strerror', None) or type(e).__name__}")
+    seeds = tuple(seeds)
     config = SearchConfig(grammar=grammar, data=data, strategy=strategy, seeds=seeds,
                           seed_names=tuple(Path(f).stem for f in seed_files), budget=budget,
                           population=population, tournament=tournament, epochs=epochs,
@@ -385,7 +392,7 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, po
     bar = tqdm(total=None, desc="search", unit="eval", dynamic_ncols=True, file=sys.stderr)
 
     def show(p) -> None:
-        bar.total = bar.total or budget
+        bar.total = p.total
         bar.n = p.done
         bar.set_postfix_str("best val " + ("n/a" if p.best is None else f"{100 * p.best:.2f}%"))
 

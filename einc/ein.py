@@ -519,7 +519,8 @@ def read_ein(text: str, path: str = "<string>", library: Library = BUILTIN):
     sources = _Sources()
     diags: list[Diagnostic] = []
     items = _read_text(text, path, sources, (), diags)
-    table = _build(items, path, library, sources, diags, text)
+    every_text = "".join(f"\0{k}\0{v}" if k != path else v for k, v in sources.text.items())
+    table = _build(items, path, library, sources, diags, every_text)
     return table, [_with_line(d, sources) for d in diags], sources
 
 
@@ -557,7 +558,7 @@ def load(path: str | Path, library: Library = BUILTIN) -> RuleTable:
     p = grammar_path(path)
     try:
         text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise EinCheckError([Diagnostic(Span(str(path), 1, 1), "error", "include",
                                         f'cannot read "{path}": {getattr(e, "strerror", None) or type(e).__name__}')]) from None
     return compile_ein(text, str(p), library)
@@ -566,7 +567,10 @@ def load(path: str | Path, library: Library = BUILTIN) -> RuleTable:
 def grammar_path(path: str | Path) -> Path:
     """A path as given, or the bundled grammar of that name (``"einspace"``)."""
     p = Path(path)
-    if p.exists() or p.suffix:
+    try:
+        if p.exists() or p.suffix:
+            return p
+    except (OSError, ValueError):  # a name too long for a path, or with a NUL: not a file
         return p
     from .grammar import bundled
 

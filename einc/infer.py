@@ -79,21 +79,15 @@ def _walk(node: Node, fs: Features, path: Path, copies: int, library: Library, l
     if len(fs) != node.copies:
         raise ShapeError(f"a {node.copies}-way branch list after {len(fs)} features", text, *_where(node), path)
     outs = []
-    if node.repeated:
-        for i, f in enumerate(fs):
-            if i and f == fs[0]:
-                outs.append(outs[0])  # same input, same subtree: same output
-                continue
-            mark = len(layers)
+    if node.repeated and all(f == fs[0] for f in fs):
+        # one walk stands for every copy (every built-in brancher gives equal inputs)
+        out = _one(_walk(node.children[0], fs[:1], path + (0,), copies * node.copies, library, layers, text),
+                   node, path, text)
+        outs = [out] * len(fs)
+    elif node.repeated:
+        for f in fs:
             outs.append(_one(_walk(node.children[0], (f,), path + (0,), copies, library, layers, text),
                              node, path, text))
-            if i == 0 and all(g == f for g in fs):
-                for j in range(mark, len(layers)):  # one walk stands for every copy
-                    l = layers[j]
-                    layers[j] = Layer(l.path, l.op, l.args, l.inputs, l.outputs, l.params, l.flops,
-                                      l.copies * node.copies)
-                outs.extend([outs[0]] * (len(fs) - 1))
-                break
     else:
         for i, (child, f) in enumerate(zip(node.children, fs)):
             outs.append(_one(_walk(child, (f,), path + (i,), copies, library, layers, text), node, path, text))

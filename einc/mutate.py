@@ -41,7 +41,10 @@ class NodeState:
 def node_states(tree: Expansion, table: RuleTable, input_shape: tuple[int, ...]) -> list[NodeState]:
     """The state every nonterminal node of a valid tree is expanded in, parents first."""
     out: list[NodeState] = []
-    _visit(tree, (feature_for(tuple(input_shape)),), table.start.params, (), 0, 1, table, out)
+    try:
+        _visit(tree, (feature_for(tuple(input_shape)),), table.start.params, (), 0, 1, table, out)
+    except RecursionError:
+        raise ArchError("the tree is too deep to edit; lower the sampler's max_depth") from None
     out.sort(key=lambda s: s.path)
     return out
 

@@ -20,7 +20,12 @@ def load_plugin(path: str | Path) -> list[Op]:
     if spec is None or spec.loader is None or not p.is_file():
         raise EinError(f'{path}: error: cannot load plugin: no such Python file')
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: whatever it raises is reported, in one line
+        where = f"{path}:{e.lineno}" if isinstance(e, SyntaxError) and e.lineno else str(path)
+        raise EinError(f"{where}: error: cannot load plugin: {type(e).__name__}: "
+                       + (str(e).splitlines() or [""])[0]) from None
     ops = getattr(module, "OPS", None)
     if not isinstance(ops, (list, tuple)) or not all(isinstance(o, Op) for o in ops):
         raise EinError(f"{path}: error: a plugin defines OPS, a list of einc.ops.Op")

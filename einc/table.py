@@ -146,7 +146,7 @@ class RuleTable:
     params: Mapping[str, frozenset[Value]]  # declared parameters and their values
     rules: Mapping[str, tuple[Rule, ...]]
     library: Library
-    source: str = field(default="", compare=False, repr=False)  # text of the top file, for hashes
+    source: str = field(default="", compare=False, repr=False)  # every file's text, for hashes
     cache: dict = field(default_factory=dict, compare=False, repr=False)  # derived lookups, by users
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ def _acc(r: dict) -> float | None:
 
 
 def write_outputs(out: Path, config, grammar, shape, num_classes: int, records: list[dict], final: dict | None,
-                  wall: float, train_seconds: float) -> dict[str, Any]:
+                  wall: float, train_seconds: float, fresh: int) -> dict[str, Any]:
     ok = [r for r in records if _acc(r) is not None]
     best = max(ok, key=lambda r: (_acc(r), -r["index"])) if ok else None
     seeds = {}
@@ -38,7 +38,8 @@ def write_outputs(out: Path, config, grammar, shape, num_classes: int, records: 
         "best_test_acc": (final or {}).get("metrics", {}).get("test_acc"),
         "mean_val_acc": statistics.fmean(_acc(r) for r in ok) if ok else None,
         "wall_seconds": round(wall, 1),
-        "evaluations_per_minute": round(60 * len(records) / wall, 2) if wall > 0 else None,
+        # this process's own work: a resumed search reuses what its journal already held
+        "evaluations_per_minute": round(60 * fresh / wall, 2) if wall > 0 and fresh else None,
         # everything but the training loops: sampling, mutation, building, worker start-up, journaling
         "share_outside_training": round(max(0.0, 1 - train_seconds / wall), 4) if wall > 0 and train_seconds else None,
     }

@@ -64,8 +64,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise SearchError(f'strategy "{self.strategy}" is not one of {", ".join(STRATEGIES)}')
-        if self.budget < 1 or self.workers < 1 or self.epochs < 1:
-            raise SearchError("budget, workers and epochs must be positive")
+        if min(self.budget, self.workers, self.epochs, self.population, self.tournament) < 1:
+            raise SearchError("budget, workers, epochs, population and tournament must be positive")
         self.seeds, self.seed_names = tuple(self.seeds), tuple(self.seed_names)
 
     def train(self, epochs: int | None = None) -> dict[str, Any]:
@@ -87,6 +87,7 @@ class Progress:
     """What a caller may show while a search runs."""
 
     done: int = 0
+    total: int = 0
     best: float | None = None
     events: list[str] = field(default_factory=list)
 
@@ -146,7 +147,8 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     for i in sorted(evals):
         first.setdefault(evals[i]["arch"], evals[i])
 
-    progress = Progress()
+    progress = Progress(total=config.budget)
+    fresh = 0  # evaluations finished by this process (a resumed search reuses the rest)
     own = evaluator is None
     evaluator = evaluator or LocalEvaluator(workers=config.workers, time_limit=config.time_limit)
     common = {"grammar": config.grammar, "data": config.data, "data_seed": config.data_seed,
@@ -155,7 +157,10 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     try:
         index = 0
         while index < config.budget:
-            batch = [strategy.propose() for _ in range(min(config.workers, config.budget - index))]
+            size = min(config.workers, config.budget - index)
+            if config.strategy == "re" and index < config.population:
+                size = min(size, config.population - index)  # mutations need the population observed
+            batch = [strategy.propose() for _ in range(size)]
             results: dict[int, dict] = {}
             waiting: dict[str, list[int]] = {}
             texts = {}
@@ -188,6 +193,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
                               metrics=result.get("metrics", {}), seconds=round(outcome.seconds, 3),
                               timing={k: round(v, 3) for k, v in result.get("timing", {}).items()})
                 journal.append(record)
+                fresh += 1
                 train_seconds += result.get("timing", {}).get("train", 0.0)
                 results[i] = record
                 first.setdefault(record["arch"], record)
@@ -230,7 +236,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     from .report import write_outputs
 
     return write_outputs(out, config, grammar, shape, data.num_classes, evaluated, final,
-                         wall=time.monotonic() - t_start, train_seconds=train_seconds)
+                         wall=time.monotonic() - t_start, train_seconds=train_seconds, fresh=fresh)
 
 
 def _duplicate(base: dict, original: dict, journal: Journal) -> dict:

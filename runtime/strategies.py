@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from einc.mutate import mutate
-from einc.sample import Sampler
+from einc.sample import Sampler, SamplingError
 from einc.tree import Expansion
 
 
@@ -86,9 +86,14 @@ class RegularisedEvolution:
             return Proposal(self.sampler.sample(self.rng), None, "sample")
         if not self.population:
             raise RuntimeError("propose() after the initial population needs observe() of it")
-        contenders = [self.rng.choice(self.population) for _ in range(self.tournament)]
-        parent = max(contenders, key=lambda m: -1.0 if m.fitness is None else m.fitness)
-        return Proposal(mutate(parent.tree, self.sampler, self.rng), parent.index, "mutation")
+        for _ in range(3):
+            contenders = [self.rng.choice(self.population) for _ in range(self.tournament)]
+            parent = max(contenders, key=lambda m: -1.0 if m.fitness is None else m.fitness)
+            try:
+                return Proposal(mutate(parent.tree, self.sampler, self.rng), parent.index, "mutation")
+            except SamplingError:
+                continue  # a parent with no valid mutation in reach: hold another tournament
+        return Proposal(self.sampler.sample(self.rng), None, "sample")
 
     def observe(self, index: int, tree: Expansion, fitness: float | None) -> None:
         self.population.append(Member(index, tree, fitness))

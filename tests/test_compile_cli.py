@@ -63,3 +63,10 @@ def test_summary_prints_the_layer_table():
 def test_bad_usage_exits_2():
     result = CliRunner().invoke(main, ["compile", BLOCK, "--input", "64,0,8"])
     assert result.exit_code == 2
+
+
+def test_compile_takes_a_long_architecture_string_directly():
+    text = (EXAMPLES / "resnet18.arch").read_text().strip()  # far longer than a file name may be
+    r = CliRunner().invoke(main, ["compile", text, "--input", "3,16,16", "--summary"])
+    assert r.exit_code == 0, r.output
+    assert "total" in r.output

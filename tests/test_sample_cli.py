@@ -55,3 +55,10 @@ def test_bad_flags_exit_2():
     assert CliRunner().invoke(main, ["sample", "einspace", "--input", "3,x"]).exit_code == 2
     assert CliRunner().invoke(main, ["sample", "einspace", "--p-stop", "1.5"]).exit_code == 2
     assert CliRunner().invoke(main, ["sample", "einspace", "-n", "0"]).exit_code == 2
+
+
+def test_a_broken_plugin_is_one_located_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("OPS = [\n")
+    r = CliRunner().invoke(main, ["check", "einspace", "--plugin", str(bad)])
+    assert r.exit_code == 1 and "cannot load plugin: SyntaxError" in r.output and "Traceback" not in r.output

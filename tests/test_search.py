@@ -129,3 +129,17 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     bad_seed.write_text("sequential(relu, foo)")
     r = runner.invoke(main, ["search", "--seeds", str(bad_seed), "--out", str(tmp_path / "o3")])
     assert r.exit_code == 1 and "bad: error: not a valid seed" in r.output
+
+
+def test_more_workers_than_population_still_evolves(tmp_path):
+    cfg = SearchConfig(strategy="re", population=1, tournament=1, workers=2, **dict(TINY, budget=4))
+    run_search(cfg, tmp_path)
+    records = evals(tmp_path)
+    assert [r["origin"] for r in records] == ["sample", "mutation", "mutation", "mutation"]
+
+
+def test_unreadable_seed_file_is_one_line(tmp_path):
+    seed = tmp_path / "seed.arch"
+    seed.write_bytes(b"\xff\xfe\x00bad")
+    r = CliRunner().invoke(main, ["search", "--seeds", str(seed), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "cannot read the seed" in r.output and "Traceback" not in r.output
