@@ -23,7 +23,7 @@ from functools import lru_cache
 from .errors import ArchError, Span
 from .ops import Value, show_value
 from .pcfg import finite_effect
-from .table import Alternative, Branches, OpCall, Ref, RuleTable
+from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
 from .tree import Expansion, Fork, Leaf, Node
 
 MAX_NESTING = 5000  # parsing recursion bound; deeper strings get a located error
@@ -370,11 +370,7 @@ class _Resolve:
 
 
 def _set(fs: FState, sets) -> FState:
-    if not sets:
-        return fs
-    d = dict(fs[2])
-    d.update(sets)
-    return (fs[0], fs[1], tuple(sorted(d.items())))
+    return (fs[0], fs[1], merge_params(fs[2], sets)) if sets else fs
 
 
 def _show_op(name: str, kwargs) -> str:

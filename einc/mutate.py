@@ -23,7 +23,7 @@ from .errors import ArchError
 from .infer import Inference, infer
 from .ops import Features, feature_for, mode_of
 from .sample import Budget, Sampler, SamplingError
-from .table import Branches, OpCall, Ref, RuleTable
+from .table import Branches, OpCall, Ref, RuleTable, merge_params
 from .tree import Expansion, Fork, Leaf, Node, Path, counts, replace_at
 
 
@@ -66,11 +66,11 @@ def _visit(node: Node, fs: Features, up: tuple, path: Path, depth: int, mult: in
                     outs.append(outs[0])
                     continue
                 ref = el.arm_for({"m": mode_of(fs), "b": len(fs), **dict(up)}).items[k]
-                outs.append(_visit(child.children[k], (f,), _merge(up, ref.sets), path + (i, k), depth + 1,
+                outs.append(_visit(child.children[k], (f,), merge_params(up, ref.sets), path + (i, k), depth + 1,
                                    mult * (child.copies if child.repeated else 1), table, out)[0])
             fs = tuple(outs)
         elif isinstance(child, Expansion):
-            fs = _visit(child, fs, _merge(up, el.sets), path + (i,), depth + 1, mult, table, out)
+            fs = _visit(child, fs, merge_params(up, el.sets), path + (i,), depth + 1, mult, table, out)
         else:
             fs = _visit(child, fs, up, path + (i,), depth + 1, mult, table, out)
     out.append(NodeState(path, node, fin, up, depth, mult, fs))
@@ -94,13 +94,6 @@ def _matches(el, child: Node) -> bool:
         return isinstance(child, Expansion) and child.head == el.name
     return isinstance(el, Branches) and isinstance(child, Fork)
 
-
-def _merge(up: tuple, sets: tuple) -> tuple:
-    if not sets:
-        return up
-    d = dict(up)
-    d.update(sets)
-    return tuple(sorted(d.items()))
 
 
 def within(tree: Expansion, inference: Inference, budget: Budget) -> bool:

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .ops import NotApplicable, mode_of, representative
-from .table import Alternative, Branches, OpCall, Ref, RuleTable
+from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
 
 Key = tuple  # (nonterminal, m, b, params)
 Out = dict  # (m, b) -> probability mass
@@ -79,7 +79,7 @@ def _run_body(table: RuleTable, alt: Alternative, key: Key, out: dict[Key, Out],
                 if eff is not None:
                     new[eff] = new.get(eff, 0.0) + mass
             elif isinstance(el, Ref):
-                child = (el.name, m, b, _merge(params, el.sets))
+                child = (el.name, m, b, merge_params(params, el.sets))
                 trace.add(child, mass, 1, el)
                 for mb, p in _child_out(out, child, normalise).items():
                     new[mb] = new.get(mb, 0.0) + mass * p
@@ -102,7 +102,7 @@ def _run_branches(el: Branches, m, b, params, mass, out, normalise, trace: _Trac
         return
     joint: dict = {(): 1.0}  # tuple of branch output modes -> mass
     for ref in arm.items:
-        child = (ref.name, m, 1, _merge(params, ref.sets))
+        child = (ref.name, m, 1, merge_params(params, ref.sets))
         trace.add(child, mass, 1, ref)
         step: dict = {}
         for modes, p in joint.items():
@@ -114,13 +114,6 @@ def _run_branches(el: Branches, m, b, params, mass, out, normalise, trace: _Trac
         mb = (modes[0] if len(set(modes)) == 1 else None, b)
         new[mb] = new.get(mb, 0.0) + mass * p
 
-
-def _merge(params: tuple, sets: tuple) -> tuple:
-    if not sets:
-        return params
-    d = dict(params)
-    d.update(sets)
-    return tuple(sorted(d.items()))
 
 
 def _child_out(out: dict[Key, Out], key: Key, normalise: bool) -> Out:

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from .errors import EinError
 from .ops import Features, NotApplicable, feature_for, mode_of
-from .table import Alternative, Branches, OpCall, Ref, RuleTable
+from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
 from .tree import Expansion, Fork, Leaf, Node
 
 Chooser = Callable[[Sequence[float]], int]
@@ -152,7 +152,7 @@ class Sampler:
                                 state = (((("E", fhead, label, body, i + 1, (leaf, kids), up, depth, mult)), stack[1]),
                                          out, used)
                     elif isinstance(el, Ref):
-                        child_up = _merge(up, el.sets)
+                        child_up = merge_params(up, el.sets)
                         state, ok = self._expand(el.name, state, child_up, depth + 1, mult, choose, choices, budget)
                         failed = not ok
                     else:
@@ -170,7 +170,7 @@ class Sampler:
                 else:
                     ref, feat_in, child_mult = arm.items[i], inputs[i], mult
                 state = (stack, (feat_in,), used)
-                state, ok = self._expand(ref.name, state, _merge(up, ref.sets), depth + 1, child_mult,
+                state, ok = self._expand(ref.name, state, merge_params(up, ref.sets), depth + 1, child_mult,
                                          choose, choices, budget)
                 failed = not ok
 
@@ -254,13 +254,6 @@ class Sampler:
 def _env(feats: Features, uparams: tuple) -> dict:
     return {"m": mode_of(feats), "b": len(feats), **dict(uparams)}
 
-
-def _merge(up: tuple, sets: tuple) -> tuple:
-    if not sets:
-        return up
-    d = dict(up)
-    d.update(sets)
-    return tuple(sorted(d.items()))
 
 
 def _weighted(rng: random.Random) -> Chooser:

@@ -46,6 +46,15 @@ def guards_hold(guards: tuple[Guard, ...], env: Env) -> bool:
     return all(g.holds(env) for g in guards)
 
 
+def merge_params(params: tuple[tuple[str, Value], ...], sets: tuple[tuple[str, Value], ...]) -> tuple:
+    """Inherited declared parameters, with a reference's ``[p=v]`` settings applied (sorted)."""
+    if not sets:
+        return params
+    d = dict(params)
+    d.update(sets)
+    return tuple(sorted(d.items()))
+
+
 @dataclass(frozen=True, slots=True)
 class Ref:
     """A nonterminal in a body, with inherited parameters it sets for its subtree."""

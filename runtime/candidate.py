@@ -43,30 +43,24 @@ def _forget_generated_code() -> None:
 def evaluate(arch: str, grammar: str, data: str, data_seed: int, train: dict[str, Any], device: str | None,
              compile_model: bool = False) -> dict[str, Any]:
     """Train ``arch`` on the train split and score it on the validation split."""
-    import torch
+    from .train import train_and_score
 
-    from .data import load_data_cached
-    from .train import TrainConfig, pick_device, train_and_score
-
-    t0 = time.perf_counter()
-    ds = load_data_cached(data, data_seed)
-    torch.manual_seed(train.get("seed", 0))
-    model = _model(arch, grammar, ds.input_shape, ds.num_classes, compile_model)
-    t1 = time.perf_counter()
-    try:
-        metrics = train_and_score(model, ds, TrainConfig(**train), pick_device(device))
-    finally:
-        _forget_generated_code()
-    return {"metrics": metrics, "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}
+    return _run(train_and_score, arch, grammar, data, data_seed, train, device, compile_model)
 
 
 def final_test(arch: str, grammar: str, data: str, data_seed: int, train: dict[str, Any], device: str | None,
                compile_model: bool = False) -> dict[str, Any]:
     """Retrain ``arch`` on train + validation and score it on the test split (paper B.1)."""
+    from .train import retrain_and_test
+
+    return _run(retrain_and_test, arch, grammar, data, data_seed, train, device, compile_model)
+
+
+def _run(fit, arch, grammar, data, data_seed, train, device, compile_model) -> dict[str, Any]:
     import torch
 
     from .data import load_data_cached
-    from .train import TrainConfig, pick_device, retrain_and_test
+    from .train import TrainConfig, pick_device
 
     t0 = time.perf_counter()
     ds = load_data_cached(data, data_seed)
@@ -74,7 +68,7 @@ def final_test(arch: str, grammar: str, data: str, data_seed: int, train: dict[s
     model = _model(arch, grammar, ds.input_shape, ds.num_classes, compile_model)
     t1 = time.perf_counter()
     try:
-        metrics = retrain_and_test(model, ds, TrainConfig(**train), pick_device(device))
+        metrics = fit(model, ds, TrainConfig(**train), pick_device(device))
     finally:
         _forget_generated_code()
     return {"metrics": metrics, "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}
