@@ -349,7 +349,7 @@ _EXPLICIT = {
 }
 
 
-@settings(max_examples=300, deadline=None, database=None,
+@settings(max_examples=2000, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.data_too_large])
 @given(from_lark(_LARK, explicit=_EXPLICIT))
@@ -381,7 +381,7 @@ def mutated_einspace(draw) -> str:
     return "".join(units)
 
 
-@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_einspace())
 def test_fuzz_mutated_einspace(text: str) -> None:
     assert_diagnoses(text)
