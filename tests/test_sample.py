@@ -236,3 +236,18 @@ def test_stop_probability_changes_sizes():
 def test_hypothesis_strategy_draws_valid_architectures(arch):
     assert parse(arch.text, G.table) == arch.tree
     assert arch.infer((3, 16, 16)).params <= einc.testing.SMALL.max_params
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_samples_build_and_run_with_the_inferred_output_shape(shape):
+    """A reduced count of the 10,000 / 2,000-sample verification (`einc sample --verify`)."""
+    import torch
+
+    from einc.cli import _verify
+
+    torch.set_num_threads(1)
+    s = Sampler(G.table, shape)
+    rng = random.Random(17)
+    for _ in range(60):
+        tree = s.sample(rng)
+        assert _verify(G.architecture(tree), shape, infer(tree, G.library, shape)) is None, show(tree)
