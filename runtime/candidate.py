@@ -1,28 +1,73 @@
 """What a worker process does with one architecture: build it, train it, score it.
 
-These are the jobs a search submits to an evaluator; they take and return plain data only,
-so they run the same in a local worker process or on a remote one. The grammar and dataset
-are loaded once per worker process and kept.
+These are the jobs a search submits to an evaluator; they take and return plain data only
+(``data`` may also be a loaded ``Dataset``, for backends that ship it once, such as Ray), so
+they run the same in a local worker process or on a remote one. The grammar and dataset are
+loaded once per worker process and kept.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Any
 
 
+def load_grammar(path: str, plugins: tuple[str, ...] = ()):
+    """A search's grammar, with the operations of its plugin files (a worker loads them itself)."""
+    import einc
+    from einc.ops import BUILTIN
+    from einc.plugins import load_plugin
+
+    library = BUILTIN
+    for plugin in plugins:
+        library = library.extend(load_plugin(plugin))
+    return einc.load(path, library)
+
+
 @functools.lru_cache(maxsize=4)
-def _grammar(path: str):
+def _grammar(path: str, plugins: tuple[str, ...] = ()):
+    return load_grammar(path, tuple(plugins))
+
+
+def _dataset(data: Any, data_seed: int):
+    from .data import load_data_cached
+
+    return load_data_cached(data, data_seed) if isinstance(data, str) else data
+
+
+def _device(requested: str | None) -> str:
+    """The device for this worker: with several GPUs and no explicit index, worker k takes GPU k mod n."""
+    from .train import pick_device
+
+    device = pick_device(requested)
+    if device == "cuda":
+        import torch
+
+        count = torch.cuda.device_count()
+        worker = os.environ.get("EINC_WORKER", "0")
+        if count > 1 and worker.isdigit():
+            device = f"cuda:{int(worker) % count}"
+    return device
+
+
+def prepare(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, device: str | None,
+            compile_model: bool = False) -> None:
+    """Run once as a worker starts: imports, CUDA start, grammar and data, so its first job starts at once."""
+    import torch
+
+    _grammar(grammar, tuple(plugins))
+    _dataset(data, data_seed)
+    if _device(device).startswith("cuda"):
+        torch.zeros(1, device=_device(device))
+
+
+def _model(arch: str, grammar: str, plugins: tuple[str, ...], input_shape: tuple[int, ...], num_classes: int,
+           compile_model: bool):
     import einc
 
-    return einc.load(path)
-
-
-def _model(arch: str, grammar: str, input_shape: tuple[int, ...], num_classes: int, compile_model: bool):
-    import einc
-
-    g = _grammar(grammar)
+    g = _grammar(grammar, tuple(plugins))
     model = einc.build(g.parse(arch, input_shape), input_shape=input_shape, num_classes=num_classes)
     if compile_model:
         import torch
@@ -40,35 +85,34 @@ def _forget_generated_code() -> None:
         del linecache.cache[key]
 
 
-def evaluate(arch: str, grammar: str, data: str, data_seed: int, train: dict[str, Any], device: str | None,
-             compile_model: bool = False) -> dict[str, Any]:
+def evaluate(arch: str, grammar: str, data: Any, data_seed: int, train: dict[str, Any], device: str | None,
+             compile_model: bool = False, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train ``arch`` on the train split and score it on the validation split."""
     from .train import train_and_score
 
-    return _run(train_and_score, arch, grammar, data, data_seed, train, device, compile_model)
+    return _run(train_and_score, arch, grammar, plugins, data, data_seed, train, device, compile_model)
 
 
-def final_test(arch: str, grammar: str, data: str, data_seed: int, train: dict[str, Any], device: str | None,
-               compile_model: bool = False) -> dict[str, Any]:
+def final_test(arch: str, grammar: str, data: Any, data_seed: int, train: dict[str, Any], device: str | None,
+               compile_model: bool = False, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """Retrain ``arch`` on train + validation and score it on the test split (paper B.1)."""
     from .train import retrain_and_test
 
-    return _run(retrain_and_test, arch, grammar, data, data_seed, train, device, compile_model)
+    return _run(retrain_and_test, arch, grammar, plugins, data, data_seed, train, device, compile_model)
 
 
-def _run(fit, arch, grammar, data, data_seed, train, device, compile_model) -> dict[str, Any]:
+def _run(fit, arch, grammar, plugins, data, data_seed, train, device, compile_model) -> dict[str, Any]:
     import torch
 
-    from .data import load_data_cached
-    from .train import TrainConfig, pick_device
+    from .train import TrainConfig
 
     t0 = time.perf_counter()
-    ds = load_data_cached(data, data_seed)
+    ds = _dataset(data, data_seed)
     torch.manual_seed(train.get("seed", 0))
-    model = _model(arch, grammar, ds.input_shape, ds.num_classes, compile_model)
+    model = _model(arch, grammar, plugins, ds.input_shape, ds.num_classes, compile_model)
     t1 = time.perf_counter()
     try:
-        metrics = fit(model, ds, TrainConfig(**train), pick_device(device))
+        metrics = fit(model, ds, TrainConfig(**train), _device(device))
     finally:
         _forget_generated_code()
     return {"metrics": metrics, "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}

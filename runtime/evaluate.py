@@ -13,19 +13,24 @@ which is all a steady-state search (regularised evolution) needs::
 
 ``LocalEvaluator`` runs each job in a worker process (spawn context) that is reused across jobs
 and replaced after any failure, so a crash, segfault, OOM kill or runaway candidate costs one
-failed ``Outcome``, never the search. ``InlineEvaluator`` runs jobs in-process, for tests and
-debuggers. A distributed backend (e.g. Ray) only has to implement the ``Evaluator`` protocol.
+failed ``Outcome``, never the search. Workers die with the search: each asks the kernel for
+SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``, immediate, even while a job runs), and a
+watchdog thread checks the parent every second where that call is missing. ``InlineEvaluator``
+runs jobs in-process, for tests and debuggers. A distributed backend (e.g. Ray) only has to
+implement the ``Evaluator`` protocol.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import multiprocessing as mp
 import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -56,7 +61,12 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one job. ``reason`` is ``"Kind: message"``; ``detail`` a traceback."""
+    """What became of one job. ``reason`` is ``"Kind: message"``; ``detail`` a traceback.
+
+    ``started`` and ``finished`` are epoch seconds (dispatch to a worker, result back), so
+    journals show when each evaluation ran and how busy the workers were; ``worker`` names the
+    slot that ran it.
+    """
 
     key: str
     status: str                         # "ok" | "failed"
@@ -64,6 +74,9 @@ class Outcome:
     reason: str | None = None
     seconds: float = 0.0
     detail: str | None = None
+    started: float = 0.0
+    finished: float = 0.0
+    worker: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -124,9 +137,10 @@ class InlineEvaluator:
     def results(self) -> Iterator[Outcome]:
         while self._queue:
             job = self._queue.popleft()
-            start = time.monotonic()
+            start, wall = time.monotonic(), time.time()
             status, result, reason, detail = _call(job.fn, job.kwargs)
-            yield Outcome(job.key, status, result, reason, time.monotonic() - start, detail)
+            yield Outcome(job.key, status, result, reason, time.monotonic() - start, detail, wall, time.time(),
+                          "inline")
 
     @property
     def pending(self) -> int:
@@ -145,16 +159,39 @@ class InlineEvaluator:
 # --------------------------------------------------------------------------- worker processes
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_PR_SET_PDEATHSIG = 1
 
 
-def _worker(conn: Connection, threads: int | None) -> None:
+def _die_with(parent: int) -> None:
+    """Make sure this worker does not outlive the search process ``parent``, however it ends."""
+    with contextlib.suppress(Exception):  # not Linux, or no libc: the watchdog alone covers it
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the search died before the request above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="einc-watchdog", daemon=True).start()
+
+
+def _worker(conn: Connection, threads: int | None, parent: int, name: str,
+            prepare: Callable[[], Any] | None) -> None:
     """Worker loop: receive (fn, kwargs), reply (status, result, reason, detail); exit after a failure."""
+    _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search's to handle; it then kills us
+    os.environ["EINC_WORKER"] = name
     if threads:
         for var in _THREAD_VARS:  # read by torch/numpy when they are first imported, by the first job
             os.environ[var] = str(threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
+    if prepare is not None:  # imports, CUDA start, data: overlaps the search's own set-up
+        with contextlib.suppress(Exception):  # a job that needs what failed here reports it itself
+            prepare()
     while True:
         try:
             data = conn.recv_bytes()
@@ -181,31 +218,43 @@ def _worker(conn: Connection, threads: int | None) -> None:
 
 @dataclass(eq=False)
 class _Slot:
+    name: str
     proc: BaseProcess | None = None
     conn: Connection | None = None
     job: Job | None = None
     started: float = 0.0
+    wall: float = 0.0
 
 
 class LocalEvaluator:
     """``workers`` persistent spawn-context processes on this machine, each job killed after ``time_limit`` s.
 
     ``threads`` caps torch/BLAS threads per worker (set it to cores // workers for CPU training).
-    Workers are daemonic, so a job cannot start processes of its own (no DataLoader workers).
-    The time limit counts from dispatch, so it includes a fresh worker's start (well under a second,
-    plus whatever the job imports).
+    ``prepare`` (a top-level function) runs once in each worker as it starts; ``start()`` starts
+    them all at once, so their imports overlap the caller's own set-up. Each worker sees its slot
+    number in ``EINC_WORKER`` (to pick a GPU, say). Workers are daemonic, so a job cannot start
+    processes of its own (no DataLoader workers). The time limit counts from dispatch, so it
+    includes a fresh worker's start (well under a second, plus whatever the job imports).
     """
 
-    def __init__(self, workers: int = 1, time_limit: float | None = None, threads: int | None = None):
+    def __init__(self, workers: int = 1, time_limit: float | None = None, threads: int | None = None,
+                 prepare: Callable[[], Any] | None = None):
         if workers < 1:
             raise EvaluatorError(f"workers={workers}; at least one worker is needed")
         if time_limit is not None and not time_limit > 0:
             raise EvaluatorError(f"time_limit={time_limit}; it must be a positive number of seconds")
-        self.time_limit, self.threads = time_limit, threads
+        self.time_limit, self.threads, self.prepare = time_limit, threads, prepare
         self._ctx = mp.get_context("spawn")
-        self._slots = [_Slot() for _ in range(workers)]
+        self._slots = [_Slot(str(i)) for i in range(workers)]
         self._queue: deque[Job] = deque()
         self._done: deque[Outcome] = deque()
+
+    def start(self) -> LocalEvaluator:
+        """Start every worker now rather than at its first job."""
+        for slot in self._slots:
+            if slot.proc is None:
+                self._start(slot)
+        return self
 
     def submit(self, job: Job) -> None:
         self._queue.append(job)
@@ -247,9 +296,9 @@ class LocalEvaluator:
 
     def _start(self, slot: _Slot) -> None:
         parent, child = self._ctx.Pipe()
-        # daemon: stopped when the search exits. If the search is killed outright, the worker sees
-        # EOF on its pipe after the current job and exits then.
-        proc = self._ctx.Process(target=_worker, args=(child, self.threads), daemon=True, name="einc-worker")
+        # daemon: stopped when the search exits; killed by the kernel when the search is (_die_with).
+        proc = self._ctx.Process(target=_worker, args=(child, self.threads, os.getpid(), slot.name, self.prepare),
+                                 daemon=True, name=f"einc-worker-{slot.name}")
         proc.start()
         child.close()
         slot.proc, slot.conn = proc, parent
@@ -270,8 +319,9 @@ class LocalEvaluator:
                 try:
                     data = bytes(ForkingPickler.dumps((job.fn, job.kwargs)))
                 except Exception as e:
-                    self._done.append(Outcome(job.key, "failed", reason=_reason(e),
-                                              detail=traceback.format_exc()))
+                    now = time.time()
+                    self._done.append(Outcome(job.key, "failed", reason=_reason(e), detail=traceback.format_exc(),
+                                              started=now, finished=now, worker=slot.name))
                     continue
                 for attempt in (1, 2):  # an idle worker may have died since its last job
                     if slot.proc is None or not slot.proc.is_alive():
@@ -279,13 +329,15 @@ class LocalEvaluator:
                         self._start(slot)
                     try:
                         slot.conn.send_bytes(data)  # type: ignore[union-attr]
-                        slot.job, slot.started = job, time.monotonic()
+                        slot.job, slot.started, slot.wall = job, time.monotonic(), time.time()
                         break
                     except OSError as e:
                         self._retire(slot)
                         if attempt == 2:
                             reason = f"WorkerDied: cannot send the job to a worker ({_reason(e)})"
-                            self._done.append(Outcome(job.key, "failed", reason=reason))
+                            now = time.time()
+                            self._done.append(Outcome(job.key, "failed", reason=reason, started=now,
+                                                      finished=now, worker=slot.name))
 
     def _wait(self) -> None:
         busy = [s for s in self._slots if s.job is not None]
@@ -322,7 +374,8 @@ class LocalEvaluator:
     def _finish(self, slot: _Slot, now: float, status: str, result: dict[str, Any] | None, reason: str | None,
                 detail: str | None) -> None:
         assert slot.job is not None
-        self._done.append(Outcome(slot.job.key, status, result, reason, now - slot.started, detail))
+        self._done.append(Outcome(slot.job.key, status, result, reason, now - slot.started, detail, slot.wall,
+                                  slot.wall + (now - slot.started), slot.name))
         slot.job = None
 
 

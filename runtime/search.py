@@ -1,14 +1,9 @@
 """A search: a strategy proposes, an evaluator trains, a journal remembers.
 
-Durability rests on one rule: every finished evaluation is a journal line on disk (flushed
-and fsync'd) before the search moves on, and the strategy's proposals are a deterministic
-function of the seed and the fitnesses it has seen. Resuming a killed search therefore
-replays the strategy against the journal: each replayed proposal must equal the journaled
-architecture (else the journal belongs to another search), finished evaluations are reused,
-and the first unfinished one is trained, with the RNG exactly where it was.
-
-Identical architectures (same canonical string) are trained once per search; later copies
-get a journal line pointing at the first (``duplicate_of``).
+This module sets a search up (grammar, data, strategy, workers) and writes its outputs; the
+steady-state loop and its replay on ``--resume`` are runtime/schedule.py. Durability rests on
+one rule: every proposal and every finished evaluation is a journal line on disk (flushed and
+fsync'd) before the search moves on, so a killed search loses nothing and resumes exactly.
 """
 
 from __future__ import annotations
@@ -55,6 +50,9 @@ class SearchConfig:
     time_limit: float | None = None  # seconds per evaluation
     workers: int = 1
     compile: bool = False  # torch.compile each candidate (worth it on a GPU)
+    plugins: tuple[str, ...] = ()  # Python files adding operations to the grammar's library
+    amp: bool | None = None  # bfloat16 autocast on CUDA; None: where it pays (runtime/train.py)
+    graphs: bool | None = None  # CUDA-graph training steps; None: on for CUDA
     max_params: int = 25_000_000
     max_flops: int = 10_000_000_000
     max_activations: int = 32_000_000
@@ -66,11 +64,17 @@ class SearchConfig:
             raise SearchError(f'strategy "{self.strategy}" is not one of {", ".join(STRATEGIES)}')
         if min(self.budget, self.workers, self.epochs, self.population, self.tournament) < 1:
             raise SearchError("budget, workers, epochs, population and tournament must be positive")
-        self.seeds, self.seed_names = tuple(self.seeds), tuple(self.seed_names)
+        self.seeds, self.seed_names, self.plugins = tuple(self.seeds), tuple(self.seed_names), tuple(self.plugins)
 
     def train(self, epochs: int | None = None) -> dict[str, Any]:
         return {"epochs": epochs or self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
-                "batch_size": self.batch_size, "seed": self.seed, "time_limit": self.time_limit}
+                "batch_size": self.batch_size, "seed": self.seed, "time_limit": self.time_limit,
+                "amp": self.amp, "graphs": self.graphs}
+
+    def job_context(self) -> dict[str, Any]:
+        """What every evaluation job needs besides its architecture (plain data: it travels to workers)."""
+        return {"grammar": self.grammar, "plugins": self.plugins, "data": self.data, "data_seed": self.data_seed,
+                "device": self.device, "compile_model": self.compile}
 
     @classmethod
     def load(cls, path: Path) -> "SearchConfig":
@@ -86,27 +90,33 @@ class SearchConfig:
 class Progress:
     """What a caller may show while a search runs."""
 
-    done: int = 0
+    done: int = 0      # trainings finished (the budget counts these)
     total: int = 0
     best: float | None = None
     events: list[str] = field(default_factory=list)
 
 
-def _fitness(record: dict[str, Any]) -> float | None:
-    return record.get("metrics", {}).get("val_acc") if record.get("status") == "ok" else None
+def threads_per_worker(workers: int) -> int:
+    """CPU threads for each worker's torch, so that workers do not fight over cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // workers)
 
 
 def run_search(config: SearchConfig, out: str | Path, resume: bool = False, evaluator=None,
                on_progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) a search into folder ``out``; returns the summary (also written there)."""
-    import einc
-    from einc.arch import show
-    from einc.sample import Budget, Sampler
+    """Run (or resume) a search into folder ``out``; returns the summary (also written there).
 
-    from .candidate import evaluate, final_test
-    from .data import load_data_cached
+    ``evaluator`` (an ``Evaluator``) replaces the local worker processes: a Ray cluster, or a
+    fake in tests. The caller then owns it and closes it.
+    """
+    import functools
+
+    from .candidate import evaluate, final_test, prepare
     from .evaluate import Job, LocalEvaluator
-    from .strategies import RandomSearch, RegularisedEvolution
+    from .schedule import ReplayError, Scheduler, fitness
 
     out = Path(out)
     cfg_path, journal = out / "config.json", Journal(out / "journal.jsonl")
@@ -121,8 +131,111 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(cfg_path, json.dumps(asdict(config), indent=2) + "\n")
 
-    t_start = time.monotonic()
-    grammar = einc.load(config.grammar)
+    started = time.time()
+    own = evaluator is None
+    if own:  # workers import torch and load the data while this process sets up
+        evaluator = LocalEvaluator(workers=config.workers, time_limit=config.time_limit,
+                                   threads=threads_per_worker(config.workers),
+                                   prepare=functools.partial(prepare, **config.job_context())).start()
+    try:
+        grammar, data, strategy = _setup(config)
+        shape = data.input_shape
+        notes = []
+        if own:  # a remote evaluator's devices are not this machine's
+            from .train import pick_device, settings_note
+
+            note = settings_note(config.amp, config.graphs, pick_device(config.device))
+            notes += [note.removeprefix("note: ")] if note else []
+        records = journal.records()
+        for r in records:
+            if r.get("grammar_hash") not in (None, grammar.hash):
+                raise SearchError(f"{journal.path}: error: record {r.get('index')} was made with another version "
+                                  f"of grammar {config.grammar}; resume with the grammar it was started with")
+
+        progress = Progress(total=config.budget)
+
+        def describe(tree) -> dict[str, Any]:
+            inf = grammar.architecture(tree).infer(shape)
+            return {"params": inf.params, "flops": inf.flops, "activations": inf.activations}
+
+        def job_for(index: int, tree, text: str) -> Job:
+            return Job(str(index), evaluate, dict(config.job_context(), arch=text, train=config.train()))
+
+        def on_event(s: Scheduler) -> None:
+            progress.done = s.finished_trainings
+            fits = [f for f in map(fitness, s.results.values()) if f is not None]
+            progress.best = max(fits) if fits else None
+            if on_progress:
+                on_progress(progress)
+
+        scheduler = Scheduler(strategy, journal, budget=config.budget, workers=config.workers, job_for=job_for,
+                              describe=describe, base={"grammar_hash": grammar.hash, "seed": config.seed,
+                                                       "strategy": config.strategy}, on_event=on_event)
+        try:
+            scheduler.replay(records)
+        except ReplayError as e:
+            raise SearchError(f"{journal.path}: error: {e}") from None
+        on_event(scheduler)
+        # a session line marks where this process's work starts, for its throughput figures
+        journal.append({"kind": "session", "started": round(started, 3), "ready": round(time.time(), 3),
+                        "workers": config.workers, "resumed": bool(records), "pid": os.getpid()})
+        scheduler.resubmit(evaluator)
+        scheduler.run(evaluator)
+
+        final = next((r for r in records if r.get("kind") == "final"), None)
+        best = _best(scheduler.evaluations())
+        if final is None and best is not None:
+            evaluator.submit(Job("final", final_test, dict(config.job_context(), arch=best["arch"],
+                                                           train=config.train(config.final_epochs))))
+            for outcome in evaluator.results():
+                result = outcome.result or {}
+                journal.append({"index": len(scheduler.proposals), "kind": "final", "arch": best["arch"],
+                                "of": best["index"], "grammar_hash": grammar.hash, "seed": config.seed,
+                                "status": outcome.status, "reason": outcome.reason,
+                                "metrics": result.get("metrics", {}), "seconds": round(outcome.seconds, 3),
+                                "timing": {k: round(v, 3) for k, v in result.get("timing", {}).items()},
+                                "started": round(outcome.started, 3), "finished": round(outcome.finished, 3),
+                                "worker": outcome.worker})
+    finally:
+        if own:
+            evaluator.close()
+
+    from .report import write_outputs
+
+    return write_outputs(out, config, grammar, shape, data.num_classes, journal.records(),
+                         notes=tuple(notes + scheduler.tally.events))
+
+
+def report_folder(out: str | Path) -> str:
+    """Rewrite a search folder's summary and plot from its journal; the summary's text."""
+    from .data import load_data_cached
+    from .report import format_summary, write_outputs
+
+    out = Path(out)
+    if not (out / "config.json").exists():
+        raise SearchError(f"{out}: error: not a search folder (no config.json)")
+    config = SearchConfig.load(out / "config.json")
+    grammar = _setup_grammar(config)
+    data = load_data_cached(config.data, config.data_seed)
+    summary = write_outputs(out, config, grammar, data.input_shape, data.num_classes,
+                            Journal(out / "journal.jsonl").records())
+    return format_summary(summary, out)
+
+
+def _setup_grammar(config: SearchConfig):
+    from .candidate import load_grammar
+
+    return load_grammar(config.grammar, config.plugins)
+
+
+def _setup(config: SearchConfig):
+    """Grammar, data and strategy of a search; the strategy's RNG starts from ``config.seed``."""
+    from einc.sample import Budget, Sampler
+
+    from .data import load_data_cached
+    from .strategies import RandomSearch, RegularisedEvolution
+
+    grammar = _setup_grammar(config)
     data = load_data_cached(config.data, config.data_seed)
     shape = data.input_shape
     budget = Budget(max_params=config.max_params, max_flops=config.max_flops,
@@ -130,127 +243,18 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
                     max_depth=config.max_depth)
     sampler = Sampler(grammar.table, shape, budget)
     rng = random.Random(config.seed)
-    seeds = tuple(_seed_tree(grammar, text, name, shape) for text, name in
-                  zip(config.seeds, config.seed_names or [f"seed {i}" for i in range(len(config.seeds))]))
+    names = config.seed_names or tuple(f"seed {i}" for i in range(len(config.seeds)))
+    seeds = tuple(_seed_tree(grammar, text, name, shape) for text, name in zip(config.seeds, names))
     if config.strategy == "re":
-        strategy = RegularisedEvolution(sampler, rng, config.population, config.tournament, seeds)
-    else:
-        strategy = RandomSearch(sampler, rng, config.strategy)
-
-    records = journal.records()
-    evals = {r["index"]: r for r in records if r.get("kind", "eval") == "eval"}
-    for r in records:
-        if r.get("grammar_hash") not in (None, grammar.hash):
-            raise SearchError(f"{journal.path}: error: record {r.get('index')} was made with another version "
-                              f"of grammar {config.grammar}; resume with the grammar it was started with")
-    first: dict[str, dict] = {}
-    for i in sorted(evals):
-        first.setdefault(evals[i]["arch"], evals[i])
-
-    progress = Progress(total=config.budget)
-    fresh = 0  # evaluations finished by this process (a resumed search reuses the rest)
-    own = evaluator is None
-    evaluator = evaluator or LocalEvaluator(workers=config.workers, time_limit=config.time_limit)
-    common = {"grammar": config.grammar, "data": config.data, "data_seed": config.data_seed,
-              "device": config.device, "compile_model": config.compile}
-    train_seconds = 0.0
-    try:
-        index = 0
-        while index < config.budget:
-            size = min(config.workers, config.budget - index)
-            if config.strategy == "re" and index < config.population:
-                size = min(size, config.population - index)  # mutations need the population observed
-            batch = [strategy.propose() for _ in range(size)]
-            results: dict[int, dict] = {}
-            waiting: dict[str, list[int]] = {}
-            texts = {}
-            for k, prop in enumerate(batch):
-                i, text = index + k, show(prop.tree)
-                texts[i] = text
-                base = {"index": i, "kind": "eval", "arch": text, "grammar_hash": grammar.hash,
-                        "seed": config.seed, "strategy": config.strategy, "origin": prop.origin,
-                        "parent": prop.parent}
-                if i in evals:
-                    if evals[i]["arch"] != text:
-                        raise SearchError(f"{journal.path}: error: record {i} holds a different architecture "
-                                          "than this search proposes; the journal belongs to another search "
-                                          "(other seed, strategy or settings)")
-                    results[i] = evals[i]
-                elif text in first:
-                    results[i] = _duplicate(base, first[text], journal)
-                elif text in waiting:
-                    waiting[text].append(i)
-                else:
-                    waiting[text] = [i]
-                    inf = grammar.architecture(prop.tree).infer(shape)
-                    base.update(params=inf.params, flops=inf.flops, activations=inf.activations)
-                    results[i] = base
-                    evaluator.submit(Job(str(i), evaluate, dict(common, arch=text, train=config.train())))
-            for outcome in evaluator.results():
-                i = int(outcome.key)
-                result = outcome.result or {}
-                record = dict(results[i], status=outcome.status, reason=outcome.reason,
-                              metrics=result.get("metrics", {}), seconds=round(outcome.seconds, 3),
-                              timing={k: round(v, 3) for k, v in result.get("timing", {}).items()})
-                journal.append(record)
-                fresh += 1
-                train_seconds += result.get("timing", {}).get("train", 0.0)
-                results[i] = record
-                first.setdefault(record["arch"], record)
-                for j in waiting.get(record["arch"], [])[1:]:
-                    results[j] = _duplicate(dict(results[j] if j in results else {}, index=j, kind="eval",
-                                                 arch=texts[j], grammar_hash=grammar.hash, seed=config.seed,
-                                                 strategy=config.strategy, origin=batch[j - index].origin,
-                                                 parent=batch[j - index].parent), record, journal)
-            for k, prop in enumerate(batch):
-                record = results[index + k]
-                fit = _fitness(record)
-                strategy.observe(index + k, prop.tree, fit)
-                progress.done = index + k + 1
-                if fit is not None and (progress.best is None or fit > progress.best):
-                    progress.best = fit
-                if on_progress:
-                    on_progress(progress)
-            index += len(batch)
-
-        records = journal.records()
-        final = next((r for r in records if r.get("kind") == "final"), None)
-        evaluated = sorted((r for r in records if r.get("kind", "eval") == "eval"), key=lambda r: r["index"])
-        best = _best(evaluated)
-        if final is None and best is not None:
-            evaluator.submit(Job("final", final_test, dict(common, arch=best["arch"],
-                                                           train=config.train(config.final_epochs))))
-            for outcome in evaluator.results():
-                result = outcome.result or {}
-                final = {"index": config.budget, "kind": "final", "arch": best["arch"], "of": best["index"],
-                         "grammar_hash": grammar.hash, "seed": config.seed, "status": outcome.status,
-                         "reason": outcome.reason, "metrics": result.get("metrics", {}),
-                         "seconds": round(outcome.seconds, 3),
-                         "timing": {k: round(v, 3) for k, v in result.get("timing", {}).items()}}
-                journal.append(final)
-                train_seconds += result.get("timing", {}).get("train", 0.0)
-    finally:
-        if own:
-            evaluator.close()
-
-    from .report import write_outputs
-
-    return write_outputs(out, config, grammar, shape, data.num_classes, evaluated, final,
-                         wall=time.monotonic() - t_start, train_seconds=train_seconds, fresh=fresh)
-
-
-def _duplicate(base: dict, original: dict, journal: Journal) -> dict:
-    record = dict(base, status=original["status"], reason=original.get("reason"),
-                  metrics=original.get("metrics", {}), params=original.get("params"),
-                  flops=original.get("flops"), activations=original.get("activations"), seconds=0.0,
-                  duplicate_of=original["index"])
-    journal.append(record)
-    return record
+        return grammar, data, RegularisedEvolution(sampler, rng, config.population, config.tournament, seeds)
+    return grammar, data, RandomSearch(sampler, rng, config.strategy)
 
 
 def _best(records: list[dict]) -> dict | None:
-    ok = [r for r in records if _fitness(r) is not None]
-    return max(ok, key=lambda r: (_fitness(r), -r["index"])) if ok else None
+    from .schedule import fitness
+
+    ok = [r for r in records if fitness(r) is not None]
+    return max(ok, key=lambda r: (fitness(r), -r["index"])) if ok else None
 
 
 def _seed_tree(grammar, text: str, name: str, shape):

@@ -1,21 +1,34 @@
 """Search strategies as pure proposal machines: no training, no files, no clocks.
 
 A strategy proposes architectures and is told their fitness (validation accuracy, or None
-for a failed evaluation), in proposal order. Its only randomness is the ``random.Random`` it
-is given, so the same seed and the same fitnesses give the same proposals: that is what lets
-a killed search resume by replaying its journal (runtime/search.py).
+for a failed evaluation) in whatever order evaluations finish: a steady-state search asks for
+a new proposal whenever a worker is free. Its only randomness is the ``random.Random`` it is
+given, so the same seed and the same sequence of proposals and observations give the same
+proposals: that is what lets a killed search resume by replaying its journal
+(runtime/schedule.py).
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from einc.mutate import mutate
 from einc.sample import Sampler, SamplingError
 from einc.tree import Expansion
+
+
+Avoid = Callable[[Expansion], bool]
+"""True for a tree the search has already proposed (evaluated or in flight)."""
+
+RETRIES = 20
+"""How often a strategy redraws a proposal that would repeat an architecture already proposed."""
+
+
+def _never(tree: Expansion) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -23,27 +36,29 @@ class Proposal:
     tree: Expansion
     parent: int | None  # index of the evaluation it was mutated from
     origin: str  # "seed" | "sample" | "mutation"
-
-
-class Strategy(Protocol):
-    name: str
-
-    def propose(self) -> Proposal: ...
-
-    def observe(self, index: int, tree: Expansion, fitness: float | None) -> None: ...
+    retries: int = 0  # draws rejected because they repeated an architecture already proposed
 
 
 class RandomSearch:
     """K independent samples from the grammar; the best on validation wins (paper 4.2).
 
-    As ``sample`` (random sampling) the same proposals are reported by their mean instead.
+    As ``sample`` (random sampling) the same proposals are reported by their mean instead, so
+    repeats are not redrawn there: a repeated sample is part of the distribution being estimated.
     """
 
     def __init__(self, sampler: Sampler, rng: random.Random, name: str = "rs"):
         self.sampler, self.rng, self.name = sampler, rng, name
 
-    def propose(self) -> Proposal:
-        return Proposal(self.sampler.sample(self.rng), None, "sample")
+    def ready(self) -> bool:
+        return True
+
+    def propose(self, avoid: Avoid = _never) -> Proposal:
+        tree = self.sampler.sample(self.rng)
+        retries = 0
+        while self.name == "rs" and retries < RETRIES and avoid(tree):
+            retries += 1
+            tree = self.sampler.sample(self.rng)
+        return Proposal(tree, None, "sample", retries)
 
     def observe(self, index: int, tree: Expansion, fitness: float | None) -> None:
         pass
@@ -61,9 +76,11 @@ class RegularisedEvolution:
 
     The first P proposals fill the population: copies of the seed architectures in turn, or
     random samples when there are none. After that, each proposal is a mutation of the
-    fittest of T members drawn with replacement; each observed child joins the population
-    and the oldest member leaves. A failed evaluation has no fitness and loses every
-    tournament it meets against one that has.
+    fittest of T members drawn with replacement from the members observed so far (steady
+    state: no generation waits for its slowest member); each observed child joins the
+    population and the oldest member leaves. A failed evaluation has no fitness and loses every
+    tournament it meets against one that has. A child that repeats an architecture already
+    proposed is redrawn (a new tournament and mutation), up to ``RETRIES`` times.
     """
 
     name = "re"
@@ -77,23 +94,32 @@ class RegularisedEvolution:
         self.population: deque[Member] = deque()
         self.proposed = 0
 
-    def propose(self) -> Proposal:
+    def ready(self) -> bool:
+        """False while the initial population is proposed but none of it observed yet."""
+        return self.proposed < self.size or bool(self.population)
+
+    def propose(self, avoid: Avoid = _never) -> Proposal:
         k = self.proposed
         self.proposed += 1
         if k < self.size:
-            if self.seeds:
+            if self.seeds:  # copies are deliberate (the paper seeds the whole population)
                 return Proposal(self.seeds[k % len(self.seeds)], None, "seed")
-            return Proposal(self.sampler.sample(self.rng), None, "sample")
+            return RandomSearch(self.sampler, self.rng).propose(avoid)
         if not self.population:
-            raise RuntimeError("propose() after the initial population needs observe() of it")
-        for _ in range(3):
+            raise RuntimeError("propose() after the initial population needs observe() of some of it")
+        retries = failures = 0
+        while retries <= RETRIES and failures < 3:
             contenders = [self.rng.choice(self.population) for _ in range(self.tournament)]
             parent = max(contenders, key=lambda m: -1.0 if m.fitness is None else m.fitness)
             try:
-                return Proposal(mutate(parent.tree, self.sampler, self.rng), parent.index, "mutation")
+                child = mutate(parent.tree, self.sampler, self.rng)
             except SamplingError:
-                continue  # a parent with no valid mutation in reach: hold another tournament
-        return Proposal(self.sampler.sample(self.rng), None, "sample")
+                failures += 1  # a parent with no valid mutation in reach: hold another tournament
+                continue
+            if not avoid(child) or retries == RETRIES:
+                return Proposal(child, parent.index, "mutation", retries)
+            retries += 1
+        return Proposal(self.sampler.sample(self.rng), None, "sample", retries)
 
     def observe(self, index: int, tree: Expansion, fitness: float | None) -> None:
         self.population.append(Member(index, tree, fitness))

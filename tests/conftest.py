@@ -1,0 +1,89 @@
+"""Shared fixtures: a fake evaluator for search logic (no training), Hypothesis profiles."""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from einc.runtime.evaluate import Job, Outcome
+
+# "ci" keeps property tests to a budget that fits the suite's time; "dev" digs deeper locally.
+settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def fake_accuracy(arch: str) -> float:
+    """A deterministic stand-in for training: a fixed pseudo-random accuracy per architecture."""
+    return (zlib.crc32(arch.encode()) % 1000) / 1000
+
+
+class FakeEvaluator:
+    """``workers`` simulated workers on a virtual clock; a job's duration is ``duration(arch)`` seconds.
+
+    Jobs are not run: an evaluation scores ``fake_accuracy(arch)`` (or fails where ``fails(arch)``),
+    a final test scores the same. Outcomes come in order of virtual finish time, as real workers
+    would deliver them, so scheduling logic is tested exactly and in milliseconds.
+    """
+
+    def __init__(self, workers: int = 1, duration: Callable[[str], float] = lambda arch: 1.0,
+                 fails: Callable[[str], bool] = lambda arch: False):
+        self.duration, self.fails = duration, fails
+        self.origin = time.time()
+        self.clock = 0.0
+        self.free = [str(i) for i in range(workers)]
+        self.queue: deque[Job] = deque()
+        self.running: list[tuple[float, int, str, float, Job]] = []
+        self.submitted: list[Job] = []
+        self.closed = False
+        self._seq = 0
+
+    def submit(self, job: Job) -> None:
+        self.submitted.append(job)
+        self.queue.append(job)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.free and self.queue:
+            job = self.queue.popleft()
+            worker = self.free.pop(0)
+            self._seq += 1
+            heapq.heappush(self.running, (self.clock + self.duration(job.kwargs["arch"]), self._seq, worker,
+                                          self.clock, job))
+
+    def results(self) -> Iterator[Outcome]:
+        while self.running or self.queue:
+            self._dispatch()
+            finish, _, worker, start, job = heapq.heappop(self.running)
+            self.clock = finish
+            self.free.append(worker)
+            self.free.sort()
+            arch = job.kwargs["arch"]
+            if self.fails(arch):
+                result, status, reason = None, "failed", "TrainError: fake failure"
+            else:
+                key = "test_acc" if job.fn.__name__ == "final_test" else "val_acc"
+                result = {"metrics": {key: fake_accuracy(arch), "epochs": 1},
+                          "timing": {"build": 0.0, "train": finish - start}}
+                status, reason = "ok", None
+            yield Outcome(job.key, status, result, reason, finish - start, None, self.origin + start,
+                          self.origin + finish, worker)
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue) + len(self.running)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_evaluator() -> type[FakeEvaluator]:
+    return FakeEvaluator
