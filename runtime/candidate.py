@@ -1,7 +1,8 @@
 """What a worker process does with one architecture: build it, train it, score it.
 
 These are the jobs a search submits to an evaluator; they take and return plain data only
-(``data`` may also be a loaded ``Dataset``, for backends that ship it once, such as Ray), so
+(``data`` may also be a loaded ``Dataset`` and ``grammar`` a compiled ``einc.Grammar``, for
+backends that ship them once, such as Ray), so
 they run the same in a local worker process or on a remote one. The grammar and dataset are
 loaded once per worker process and kept.
 """
@@ -63,11 +64,12 @@ def prepare(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, d
         torch.zeros(1, device=_device(device))
 
 
-def _model(arch: str, grammar: str, plugins: tuple[str, ...], input_shape: tuple[int, ...], num_classes: int,
+def _model(arch: str, grammar: Any, plugins: tuple[str, ...], input_shape: tuple[int, ...], num_classes: int,
            compile_model: bool):
     import einc
 
-    g = _grammar(grammar, tuple(plugins))
+    # a path or bundled name is loaded once per process; a compiled Grammar (shipped by a remote backend) is used as is
+    g = _grammar(grammar, tuple(plugins)) if isinstance(grammar, str) else grammar
     model = einc.build(g.parse(arch, input_shape), input_shape=input_shape, num_classes=num_classes)
     if compile_model:
         import torch
