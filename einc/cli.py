@@ -366,24 +366,12 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds one evaluation may take before it counts as failed.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile each candidate (for GPUs).")
-@click.option("--amp/--no-amp", default=None,
-              help="bfloat16 autocast on CUDA [default: where it pays, by the candidate's FLOPs].")
-@click.option("--graphs/--no-graphs", default=None,
-              help="Capture each training step as a CUDA graph [default: on for CUDA].")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/search", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the search recorded in --out with its saved settings.")
 @_budget_options
-@_plugin_option
 def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, population, tournament, lr,
-           batch_size, seed, device, workers, time_limit, compile_model, amp, graphs, out, resume, plugins,
-           **kw) -> None:
-    """Search GRAMMAR's space on a dataset; results survive a crash (--resume).
-
-    --budget counts trainings: a proposal that repeats an architecture already evaluated reuses
-    its result for free. --time-limit makes results depend on machine load (a candidate near the
-    limit passes on an idle machine and fails on a busy one); bound cost with --max-flops and
-    --max-params instead where you can.
-    """
+           batch_size, seed, device, workers, time_limit, compile_model, out, resume, **kw) -> None:
+    """Search GRAMMAR's space on a dataset; results survive a crash (--resume)."""
     from tqdm import tqdm
 
     from einc.runtime.report import format_summary
@@ -400,37 +388,19 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, po
                           seed_names=tuple(Path(f).stem for f in seed_files), budget=budget,
                           population=population, tournament=tournament, epochs=epochs,
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                          time_limit=time_limit, workers=workers, compile=compile_model, amp=amp, graphs=graphs,
-                          plugins=tuple(str(Path(f).resolve()) for f in plugins), **kw)
-    bar = tqdm(total=None, desc="search", unit="training", dynamic_ncols=True, file=sys.stderr)
+                          time_limit=time_limit, workers=workers, compile=compile_model, **kw)
+    bar = tqdm(total=None, desc="search", unit="eval", dynamic_ncols=True, file=sys.stderr)
 
     def show(p) -> None:
         bar.total = p.total
         bar.n = p.done
         bar.set_postfix_str("best val " + ("n/a" if p.best is None else f"{100 * p.best:.2f}%"))
-        bar.refresh()
 
     try:
         summary = run_search(config, out, resume=resume, on_progress=show)
-    except KeyboardInterrupt:
-        bar.close()
-        _fail(f"interrupted: every finished evaluation is kept in {Path(out) / 'journal.jsonl'}; "
-              f"continue with: einc search --out {out} --resume", code=130)
     finally:
         bar.close()
     click.echo(format_summary(summary, Path(out)))
-    if summary["best_index"] is None:
-        _fail(f"{out}: error: every evaluation failed ({', '.join(summary['failures']) or 'no reason recorded'}); "
-              "nothing to report as best")
-
-
-@main.command()
-@click.argument("out", type=click.Path(file_okay=False, exists=True))
-def report(out: str) -> None:
-    """Rewrite OUT's plot.png and summary.json from its journal (also while the search runs)."""
-    from einc.runtime.search import report_folder
-
-    click.echo(report_folder(out))
 
 
 def _read_arch_file(path: str) -> str:
@@ -489,117 +459,6 @@ def fmt_(files: tuple[str, ...], grammar: str, input_shape, in_place: bool, chec
         else:
             click.echo(new, nl=False)
     sys.exit(1 if unformatted else 0)
-
-
-@main.command("fit")
-@click.argument("journal", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the fitted .ein.")
-@click.option("--top", type=click.IntRange(1), default=10, show_default=True,
-              help="Fit to the K best evaluated architectures (status ok, highest metrics.val_acc).")
-@click.option("--strength", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
-              help="Dirichlet prior strength S: pseudo-counts per rule on the grammar's own probabilities.")
-@click.option("--grammar", "-g", default=None,
-              help="The grammar the search used [default: the one in config.json beside the journal, else einspace].")
-def fit_(journal: str, output: str, top: int, strength: float, grammar: str | None) -> None:
-    """Learn GRAMMAR's rule probabilities from the best architectures of a search.
-
-    JOURNAL is a search's journal.jsonl or the folder holding it. Writes OUTPUT: the grammar's
-    own text with new @ probabilities (comments and layout kept), consistent (rho <= 0.99).
-    """
-    import warnings
-
-    from .arch import show
-    from .ein import grammar_path
-    from .fit import FitError, fit_grammar, parse_either
-    from einc.runtime.journal import Journal
-
-    path = Path(journal)
-    if path.is_dir():
-        path = path / "journal.jsonl"
-    if not path.is_file():
-        _fail(f"{path}: error: no such journal file")
-    if grammar is None:
-        grammar = _search_grammar(path.parent / "config.json")
-    gpath = grammar_path(grammar)
-    try:
-        text = gpath.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        _fail(f"{grammar}:1:1: error: cannot read the grammar: {getattr(e, 'strerror', None) or type(e).__name__}"
-              " (give --grammar)")
-    from . import compile_grammar
-
-    g = compile_grammar(text, str(gpath))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        records = Journal(path).records()
-    for w in caught:
-        click.echo(str(w.message), err=True)
-    best: dict[str, tuple[float, int, dict]] = {}
-    evaluated = 0
-    for n, r in enumerate(records):
-        if r.get("kind", "eval") != "eval" or r.get("status") != "ok":
-            continue
-        metrics = r.get("metrics")
-        acc = metrics.get("val_acc") if isinstance(metrics, dict) else None
-        arch = r.get("arch")
-        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) \
-                or not isinstance(arch, str):
-            continue
-        evaluated += 1
-        index = r.get("index", n)
-        if arch not in best or (acc, -index) > (best[arch][0], -best[arch][1]):
-            best[arch] = (float(acc), index, r)
-    if not best:
-        _fail(f"{path}: error: no evaluated architecture (status ok with a numeric metrics.val_acc) to fit to")
-    chosen = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[1][1]))[:top]
-    archs, other_hash = [], 0
-    for arch, (acc, index, r) in chosen:
-        try:
-            tree, _ = parse_either(arch, g.table)
-        except ArchError as e:
-            _fail(f"{path}: record {index}: error: not a derivation of {grammar} "
-                  f"({str(e).splitlines()[0]}); give the search's grammar with --grammar")
-        archs.append(show(tree))
-        other_hash += r.get("grammar_hash") not in (None, g.hash)
-    accs = [acc for _, (acc, _, _) in chosen]
-    header = [f"Fitted by `einc fit` from {path}: the K={len(chosen)} best of {len(best)} distinct architectures",
-              f"evaluated (status ok; val_acc {min(accs):.4f} to {max(accs):.4f}). Dirichlet prior of strength "
-              f"S={strength:g}",
-              f"on the probabilities of {grammar}; counts pooled per rule (grammar/README.md, \"Learning the",
-              "probabilities\")."]
-    try:
-        result = fit_grammar(text, str(gpath), archs, strength, header=header)
-    except FitError as e:
-        _fail(str(e) if ": error:" in str(e) else f"{gpath}: error: {e}")
-    try:
-        Path(output).write_text(result.text, encoding="utf-8")
-    except OSError as e:
-        _fail(f"{output}: error: cannot write: {e.strerror or type(e).__name__}")
-    if len(chosen) < top:
-        click.echo(f"note: only {len(chosen)} distinct evaluated architectures in the journal (asked for {top})")
-    if other_hash:
-        click.echo(f"note: {other_hash} of them were recorded with another grammar hash; they parse with {grammar}")
-    click.echo(f"wrote {output}: {grammar} fitted to the {len(chosen)} best of {len(best)} "
-               f"(val_acc {min(accs):.4f} to {max(accs):.4f}), S={strength:g}")
-    click.echo(f"spectral radius: grammar {result.rho_prior:.4f}, fitted {result.rho:.4f}")
-    if result.shrink > 0:
-        click.echo(f"shrunk towards the prior by t = {result.shrink:.4f}: the plain fit had rho = "
-                   f"{result.rho_fit:.4f} >= 0.99")
-    for line in result.notes:
-        click.echo("  " + line)
-
-
-def _search_grammar(config: Path) -> str:
-    """The grammar named in a search's config.json, or einspace when there is none."""
-    if not config.is_file():
-        return "einspace"
-    try:
-        value = json.loads(config.read_text(encoding="utf-8")).get("grammar", "einspace")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
-        _fail(f"{config}: error: cannot read the search configuration ({type(e).__name__}); give --grammar")
-    if not isinstance(value, str):
-        _fail(f"{config}: error: its grammar is not a name or path; give --grammar")
-    return value
 
 
 @main.command("draw")
