@@ -497,5 +497,152 @@ def draw_(arch: str, output: str, grammar: str, input_shape, depth, title, plugi
     click.echo(f"wrote {path}", err=True)
 
 
+@main.command("fit")
+@click.argument("journal", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the fitted .ein.")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True,
+              help="Fit to the K best evaluated architectures (status ok, highest metrics.val_acc).")
+@click.option("--strength", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Dirichlet prior strength S: pseudo-counts per rule on the grammar's own probabilities.")
+@click.option("--grammar", "-g", default=None,
+              help="The grammar the search used [default: the one in config.json beside the journal, else einspace].")
+def fit_(journal: str, output: str, top: int, strength: float, grammar: str | None) -> None:
+    """Learn GRAMMAR's rule probabilities from the best architectures of a search.
+
+    JOURNAL is a search's journal.jsonl or the folder holding it. Writes OUTPUT: the grammar's
+    own text with new @ probabilities (comments and layout kept), consistent (rho <= 0.99).
+    """
+    import warnings
+
+    from .arch import show
+    from .ein import grammar_path
+    from .fit import FitError, fit_grammar, parse_either
+    from einc.runtime.journal import Journal
+
+    path = Path(journal)
+    if path.is_dir():
+        path = path / "journal.jsonl"
+    if not path.is_file():
+        _fail(f"{path}: error: no such journal file")
+    if grammar is None:
+        grammar = _search_grammar(path.parent / "config.json")
+    gpath = grammar_path(grammar)
+    try:
+        text = gpath.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"{grammar}:1:1: error: cannot read the grammar: {getattr(e, 'strerror', None) or type(e).__name__}"
+              " (give --grammar)")
+    from . import compile_grammar
+
+    g = compile_grammar(text, str(gpath))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = Journal(path).records()
+    for w in caught:
+        click.echo(str(w.message), err=True)
+    best: dict[str, tuple[float, int, dict]] = {}
+    evaluated = 0
+    for n, r in enumerate(records):
+        if r.get("kind", "eval") != "eval" or r.get("status") != "ok":
+            continue
+        metrics = r.get("metrics")
+        acc = metrics.get("val_acc") if isinstance(metrics, dict) else None
+        arch = r.get("arch")
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) \
+                or not isinstance(arch, str):
+            continue
+        evaluated += 1
+        index = r.get("index", n)
+        if arch not in best or (acc, -index) > (best[arch][0], -best[arch][1]):
+            best[arch] = (float(acc), index, r)
+    if not best:
+        _fail(f"{path}: error: no evaluated architecture (status ok with a numeric metrics.val_acc) to fit to")
+    chosen = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[1][1]))[:top]
+    archs, other_hash = [], 0
+    for arch, (acc, index, r) in chosen:
+        try:
+            tree, _ = parse_either(arch, g.table)
+        except ArchError as e:
+            _fail(f"{path}: record {index}: error: not a derivation of {grammar} "
+                  f"({str(e).splitlines()[0]}); give the search's grammar with --grammar")
+        archs.append(show(tree))
+        other_hash += r.get("grammar_hash") not in (None, g.hash)
+    accs = [acc for _, (acc, _, _) in chosen]
+    header = [f"Fitted by `einc fit` from {path}: the K={len(chosen)} best of {len(best)} distinct architectures",
+              f"evaluated (status ok; val_acc {min(accs):.4f} to {max(accs):.4f}). Dirichlet prior of strength "
+              f"S={strength:g}",
+              f"on the probabilities of {grammar}; counts pooled per rule (grammar/README.md, \"Learning the",
+              "probabilities\")."]
+    try:
+        result = fit_grammar(text, str(gpath), archs, strength, header=header)
+    except FitError as e:
+        _fail(str(e) if ": error:" in str(e) else f"{gpath}: error: {e}")
+    try:
+        Path(output).write_text(result.text, encoding="utf-8")
+    except OSError as e:
+        _fail(f"{output}: error: cannot write: {e.strerror or type(e).__name__}")
+    if len(chosen) < top:
+        click.echo(f"note: only {len(chosen)} distinct evaluated architectures in the journal (asked for {top})")
+    if other_hash:
+        click.echo(f"note: {other_hash} of them were recorded with another grammar hash; they parse with {grammar}")
+    click.echo(f"wrote {output}: {grammar} fitted to the {len(chosen)} best of {len(best)} "
+               f"(val_acc {min(accs):.4f} to {max(accs):.4f}), S={strength:g}")
+    click.echo(f"spectral radius: grammar {result.rho_prior:.4f}, fitted {result.rho:.4f}")
+    if result.shrink > 0:
+        click.echo(f"shrunk towards the prior by t = {result.shrink:.4f}: the plain fit had rho = "
+                   f"{result.rho_fit:.4f} >= 0.99")
+    for line in result.notes:
+        click.echo("  " + line)
+
+
+def _search_grammar(config: Path) -> str:
+    """The grammar named in a search's config.json, or einspace when there is none."""
+    if not config.is_file():
+        return "einspace"
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("grammar", "einspace")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        _fail(f"{config}: error: cannot read the search configuration ({type(e).__name__}); give --grammar")
+    if not isinstance(value, str):
+        _fail(f"{config}: error: its grammar is not a name or path; give --grammar")
+    return value
+
+
+@main.command("draw")
+@click.argument("arch")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The picture to write: .svg or .png.")
+@click.option("--grammar", "-g", default="einspace", show_default=True,
+              help="A bundled grammar's name or the path of a .ein file.")
+@_shape_option
+@click.option("--depth", type=click.IntRange(0), default=None,
+              help="Collapse modules deeper than K levels of the bracket tree into one node.")
+@click.option("--title", default=None, help="A heading for the picture [default: the file's name].")
+@_plugin_option
+def draw_(arch: str, output: str, grammar: str, input_shape, depth, title, plugins: tuple[str, ...]) -> None:
+    """Draw an architecture: its dataflow graph and its derivation tree (paper Figure 1 style).
+
+    ARCH is a bracket-notation string or the path of a file holding one.
+    """
+    from . import load
+    from .draw import draw
+
+    source_path = arch if os.path.isfile(arch) else None
+    text = _read_arch_file(arch) if source_path else arch
+    g = load(grammar, load_plugins(plugins))
+    shape = input_shape or g.default_shape()
+    if shape is None:
+        raise click.UsageError(f'the grammar "{grammar}" declares no start shape; give --input')
+    if Path(output).suffix.lower() not in (".svg", ".png"):
+        raise click.BadParameter(f'"{output}": write a .svg or a .png', param_hint="-o")
+    try:
+        parsed = g.parse(text, shape)
+    except ArchError as e:
+        _fail(_located(e, source_path))
+    path = draw(parsed, shape, output, depth=depth,
+                title=title if title is not None else (Path(source_path).name if source_path else None))
+    click.echo(f"wrote {path}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
