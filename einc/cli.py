@@ -115,9 +115,12 @@ def check(file: str, as_json: bool, plugins: tuple[str, ...]) -> None:
 @click.option("--summary", "show_summary", is_flag=True,
               help="Print the layer table (shapes, parameters, FLOPs); without -o, instead of the source.")
 @click.option("--class-name", default="Net", show_default=True, help="Name of the emitted nn.Module class.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
+              help="Also export the network to this ONNX file (opset 18, batch axis dynamic) and compare "
+                   "onnxruntime with torch; without -o, instead of the source. Needs einc[onnx].")
 @_plugin_option
 def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize: bool, show_summary: bool,
-             class_name: str, plugins: tuple[str, ...]) -> None:
+             class_name: str, plugins: tuple[str, ...], onnx_path: str | None = None) -> None:
     """Compile an architecture to a standalone PyTorch file.
 
     ARCH is a bracket-notation string or the path of a file holding one.
@@ -145,7 +148,7 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
 
         click.echo(summary(parsed.infer(shape), g.library, classes, parsed.tree,
                            title=f"grammar {grammar}"))
-        if output is None:
+        if output is None and onnx_path is None:
             return
     if not class_name.isidentifier():
         raise click.BadParameter(f'"{class_name}" is not a Python identifier', param_hint="--class-name")
@@ -153,6 +156,10 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
     from .lower import lower
 
     gm = lower(parsed, shape, num_classes=classes, optimize=not no_optimize)
+    if onnx_path is not None:
+        _export_onnx(gm, shape, onnx_path, parsed)
+        if output is None:
+            return
     source = emit(gm, class_name=class_name, header_lines=[f"grammar: {grammar}"])
     if output is None:
         click.echo(source, nl=False)
@@ -366,12 +373,24 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds one evaluation may take before it counts as failed.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile each candidate (for GPUs).")
+@click.option("--amp/--no-amp", default=None,
+              help="bfloat16 autocast on CUDA [default: where it pays, by the candidate's FLOPs].")
+@click.option("--graphs/--no-graphs", default=None,
+              help="Capture each training step as a CUDA graph [default: on for CUDA].")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/search", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the search recorded in --out with its saved settings.")
 @_budget_options
+@_plugin_option
 def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, population, tournament, lr,
-           batch_size, seed, device, workers, time_limit, compile_model, out, resume, **kw) -> None:
-    """Search GRAMMAR's space on a dataset; results survive a crash (--resume)."""
+           batch_size, seed, device, workers, time_limit, compile_model, amp, graphs, out, resume, plugins,
+           **kw) -> None:
+    """Search GRAMMAR's space on a dataset; results survive a crash (--resume).
+
+    --budget counts trainings: a proposal that repeats an architecture already evaluated reuses
+    its result for free. --time-limit makes results depend on machine load (a candidate near the
+    limit passes on an idle machine and fails on a busy one); bound cost with --max-flops and
+    --max-params instead where you can.
+    """
     from tqdm import tqdm
 
     from einc.runtime.report import format_summary
@@ -388,19 +407,37 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, po
                           seed_names=tuple(Path(f).stem for f in seed_files), budget=budget,
                           population=population, tournament=tournament, epochs=epochs,
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                          time_limit=time_limit, workers=workers, compile=compile_model, **kw)
-    bar = tqdm(total=None, desc="search", unit="eval", dynamic_ncols=True, file=sys.stderr)
+                          time_limit=time_limit, workers=workers, compile=compile_model, amp=amp, graphs=graphs,
+                          plugins=tuple(str(Path(f).resolve()) for f in plugins), **kw)
+    bar = tqdm(total=None, desc="search", unit="training", dynamic_ncols=True, file=sys.stderr)
 
     def show(p) -> None:
         bar.total = p.total
         bar.n = p.done
         bar.set_postfix_str("best val " + ("n/a" if p.best is None else f"{100 * p.best:.2f}%"))
+        bar.refresh()
 
     try:
         summary = run_search(config, out, resume=resume, on_progress=show)
+    except KeyboardInterrupt:
+        bar.close()
+        _fail(f"interrupted: every finished evaluation is kept in {Path(out) / 'journal.jsonl'}; "
+              f"continue with: einc search --out {out} --resume", code=130)
     finally:
         bar.close()
     click.echo(format_summary(summary, Path(out)))
+    if summary["best_index"] is None:
+        _fail(f"{out}: error: every evaluation failed ({', '.join(summary['failures']) or 'no reason recorded'}); "
+              "nothing to report as best")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True))
+def report(out: str) -> None:
+    """Rewrite OUT's plot.png and summary.json from its journal (also while the search runs)."""
+    from einc.runtime.search import report_folder
+
+    click.echo(report_folder(out))
 
 
 def _read_arch_file(path: str) -> str:
@@ -459,42 +496,6 @@ def fmt_(files: tuple[str, ...], grammar: str, input_shape, in_place: bool, chec
         else:
             click.echo(new, nl=False)
     sys.exit(1 if unformatted else 0)
-
-
-@main.command("draw")
-@click.argument("arch")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The picture to write: .svg or .png.")
-@click.option("--grammar", "-g", default="einspace", show_default=True,
-              help="A bundled grammar's name or the path of a .ein file.")
-@_shape_option
-@click.option("--depth", type=click.IntRange(0), default=None,
-              help="Collapse modules deeper than K levels of the bracket tree into one node.")
-@click.option("--title", default=None, help="A heading for the picture [default: the file's name].")
-@_plugin_option
-def draw_(arch: str, output: str, grammar: str, input_shape, depth, title, plugins: tuple[str, ...]) -> None:
-    """Draw an architecture: its dataflow graph and its derivation tree (paper Figure 1 style).
-
-    ARCH is a bracket-notation string or the path of a file holding one.
-    """
-    from . import load
-    from .draw import draw
-
-    source_path = arch if os.path.isfile(arch) else None
-    text = _read_arch_file(arch) if source_path else arch
-    g = load(grammar, load_plugins(plugins))
-    shape = input_shape or g.default_shape()
-    if shape is None:
-        raise click.UsageError(f'the grammar "{grammar}" declares no start shape; give --input')
-    if Path(output).suffix.lower() not in (".svg", ".png"):
-        raise click.BadParameter(f'"{output}": write a .svg or a .png', param_hint="-o")
-    try:
-        parsed = g.parse(text, shape)
-    except ArchError as e:
-        _fail(_located(e, source_path))
-    path = draw(parsed, shape, output, depth=depth,
-                title=title if title is not None else (Path(source_path).name if source_path else None))
-    click.echo(f"wrote {path}", err=True)
 
 
 @main.command("fit")
@@ -642,6 +643,16 @@ def draw_(arch: str, output: str, grammar: str, input_shape, depth, title, plugi
     path = draw(parsed, shape, output, depth=depth,
                 title=title if title is not None else (Path(source_path).name if source_path else None))
     click.echo(f"wrote {path}", err=True)
+
+
+def _export_onnx(gm, shape, path: str, arch) -> None:
+    """``compile --onnx``: export, run with onnxruntime against torch, print the largest difference."""
+    from .onnx import OPSET, compare, export_onnx
+
+    export_onnx(gm, shape, path, arch=arch)
+    agree = compare(gm, path, shape)
+    click.echo(f"wrote {path}: ONNX opset {OPSET}, batch axis dynamic; onnxruntime vs torch on a batch of "
+               f"{agree.batch}: largest difference {agree.max_abs:.3g} ({agree.max_rel:.3g} relative)", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
