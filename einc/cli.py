@@ -362,6 +362,10 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @click.option("--epochs", type=click.IntRange(1), default=8, show_default=True, help="Epochs per evaluation.")
 @click.option("--final-epochs", type=click.IntRange(1), default=None,
               help="Epochs to retrain the best on train+valid [default: --epochs].")
+@click.option("--fidelity", default=None, callback=lambda c, p, v: _epochs_list(v),
+              help="Multi-fidelity: epochs per rung of successive halving, e.g. 1,3,9 (replaces --epochs).")
+@click.option("--eta", type=click.IntRange(2), default=3, show_default=True,
+              help="With --fidelity: the best 1/ETA of each rung is trained again for the next rung's epochs.")
 @click.option("--population", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--tournament", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.04, show_default=True)
@@ -381,8 +385,8 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @click.option("--resume", is_flag=True, help="Continue the search recorded in --out with its saved settings.")
 @_budget_options
 @_plugin_option
-def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, population, tournament, lr,
-           batch_size, seed, device, workers, time_limit, compile_model, amp, graphs, out, resume, plugins,
+def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fidelity, eta, population,
+           tournament, lr, batch_size, seed, device, workers, time_limit, compile_model, amp, graphs, out, resume, plugins,
            **kw) -> None:
     """Search GRAMMAR's space on a dataset; results survive a crash (--resume).
 
@@ -406,6 +410,7 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, po
     config = SearchConfig(grammar=grammar, data=data, strategy=strategy, seeds=seeds,
                           seed_names=tuple(Path(f).stem for f in seed_files), budget=budget,
                           population=population, tournament=tournament, epochs=epochs,
+                          fidelity=fidelity or (), eta=eta,
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                           time_limit=time_limit, workers=workers, compile=compile_model, amp=amp, graphs=graphs,
                           plugins=tuple(str(Path(f).resolve()) for f in plugins), **kw)
@@ -438,6 +443,18 @@ def report(out: str) -> None:
     from einc.runtime.search import report_folder
 
     click.echo(report_folder(out))
+
+
+def _epochs_list(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        rungs = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f'"{value}" is not a list of epochs such as 1,3,9') from None
+    if min(rungs) < 1 or list(rungs) != sorted(set(rungs)):
+        raise click.BadParameter(f'"{value}": epochs per rung must be positive and increasing')
+    return rungs
 
 
 def _read_arch_file(path: str) -> str:

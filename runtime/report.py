@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .schedule import fitness as _acc
+from .schedule import score
 
 
 def _kind(r: dict) -> str:
@@ -21,10 +22,15 @@ def _kind(r: dict) -> str:
 def pareto(records: list[dict], cost: str) -> list[dict]:
     """The successful evaluations no other beats on both accuracy (higher) and ``cost`` (lower).
 
-    Repeats (``duplicate_of``) are left out: they are the same network as their original.
+    Repeats (``duplicate_of``) are left out: they are the same network as their original; with
+    multi-fidelity, only each architecture's longest training counts.
     """
-    pts = sorted(((r, _acc(r), r.get(cost)) for r in records
-                  if _acc(r) is not None and r.get(cost) is not None and "duplicate_of" not in r),
+    longest: dict[str, dict] = {}
+    for r in records:
+        if _acc(r) is not None and r.get(cost) is not None and "duplicate_of" not in r:
+            if r["arch"] not in longest or r.get("rung", 0) > longest[r["arch"]].get("rung", 0):
+                longest[r["arch"]] = r
+    pts = sorted(((r, _acc(r), r[cost]) for r in longest.values()),
                  key=lambda t: (t[2], -t[1], t[0]["index"]))
     front, best = [], float("-inf")
     for r, acc, c in pts:  # cheapest first: a point is on the front if it beats every cheaper one
@@ -39,7 +45,7 @@ def summarize(config, grammar, shape, num_classes: int, records: list[dict[str, 
     evals = sorted((r for r in records if _kind(r) == "eval"), key=lambda r: r["index"])
     final = next((r for r in records if _kind(r) == "final"), None)
     ok = [r for r in evals if _acc(r) is not None]
-    best = max(ok, key=lambda r: (_acc(r), -r["index"])) if ok else None
+    best = max(ok, key=lambda r: (score(r), -r["index"])) if ok else None
     trained = [r for r in evals if "duplicate_of" not in r]
     seeds = {}
     for name, text in zip(config.seed_names or [f"seed {i}" for i in range(len(config.seeds))], config.seeds):
@@ -62,6 +68,9 @@ def summarize(config, grammar, shape, num_classes: int, records: list[dict[str, 
         "best_params": best.get("params") if best else None,  # backbone only: the head is not counted
         "best_test_acc": (final or {}).get("metrics", {}).get("test_acc"),
         "mean_val_acc": statistics.fmean(_acc(r) for r in ok) if ok else None,
+        "best_epochs": best.get("epochs", config.epochs) if best else None,
+        "training_epochs": sum(r.get("epochs", config.epochs) for r in trained),
+        "promotions": sum(1 for r in trained if r.get("origin") == "promotion"),
         "pareto": pareto(evals, "params"),
         "pareto_flops": pareto(evals, "flops"),
     }
@@ -128,8 +137,11 @@ def format_summary(s: dict[str, Any], out: Path | None = None) -> str:
         lines.append(f"  no evaluation succeeded; reasons: {', '.join(s['failures']) or 'none recorded'} "
                      "(see the journal's reason fields)")
     else:
-        lines.append(f"  best found (evaluation {s['best_index']}, {s['best_params'] or 0:,} backbone params): "
-                     f"validation {pct(s['best_val_acc'])}, test after retraining {pct(s['best_test_acc'])}")
+        lines.append(f"  best found (evaluation {s['best_index']}, {s['best_params'] or 0:,} backbone params, "
+                     f"{s['best_epochs']} epochs): validation {pct(s['best_val_acc'])}, "
+                     f"test after retraining {pct(s['best_test_acc'])}")
+        if s["promotions"]:
+            lines.append(f"  multi-fidelity: {s['promotions']} promotions, {s['training_epochs']} training epochs in all")
         lines.append(f"  Pareto front (accuracy vs params): {len(s['pareto'])} evaluations "
                      f"({', '.join(str(p['index']) for p in s['pareto'][:8])}{', ...' if len(s['pareto']) > 8 else ''})")
     if s.get("evaluations_per_minute") is not None:

@@ -16,6 +16,16 @@ the events alternate, so a resumed search writes exactly the journal of an unint
 ``budget`` counts trainings. A proposal that repeats an architecture already proposed is not
 trained: its ``eval`` line copies the first one's result once that is known, and it costs no
 budget (strategies redraw such proposals a bounded number of times first).
+
+Multi-fidelity (``rungs=(1, 3, 9), eta=3``) is asynchronous successive halving: every new
+architecture trains for ``rungs[0]`` epochs; whenever a worker is free, an evaluation in the
+best ``1/eta`` of the finished ones at its rung is promoted first (a ``proposal`` with origin
+``promotion``, trained from scratch for the next rung's epochs: the cosine schedule depends on
+the total, so continuing would not give the same network), else the strategy proposes. A
+candidate's score is ``rung + accuracy``, so any score from a higher rung beats every score from
+a lower one and scores within a rung compare as accuracies; a promoted candidate competes in
+evolution's tournaments with its newest score (``Strategy.rescore``). Promotions count
+against the budget like any training.
 """
 
 from __future__ import annotations
@@ -48,10 +58,18 @@ class Strategy(Protocol):
 
     def observe(self, index: int, tree: Expansion, fitness: float | None) -> None: ...
 
+    def rescore(self, index: int, fitness: float | None) -> None: ...
+
 
 def fitness(record: dict[str, Any]) -> float | None:
-    """What a strategy is told: validation accuracy, or None for a failed evaluation."""
+    """Validation accuracy, or None for a failed evaluation."""
     return record.get("metrics", {}).get("val_acc") if record.get("status") == "ok" else None
+
+
+def score(record: dict[str, Any]) -> float | None:
+    """What a strategy is told and what picks the best: ``rung + accuracy`` (rung 0 without multi-fidelity)."""
+    acc = fitness(record)
+    return None if acc is None else record.get("rung", 0) + acc
 
 
 @dataclass
@@ -76,15 +94,22 @@ class Tally:
 class Scheduler:
     """Keeps ``workers`` evaluations in flight until ``budget`` trainings are journaled.
 
-    ``job_for(index, tree, text)`` makes the evaluation job of a new architecture and
+    ``job_for(index, tree, text, epochs)`` makes the evaluation job of an architecture and
     ``describe(tree)`` the static facts journaled with it (params, FLOPs). ``base`` keys go
-    into every line (grammar hash, seed, strategy).
+    into every line (grammar hash, seed, strategy). ``rungs`` (epochs per rung) and ``eta``
+    turn on multi-fidelity; with one rung every evaluation trains for ``rungs[0]`` epochs.
     """
 
     def __init__(self, strategy: Strategy, journal: Journal, *, budget: int, workers: int,
-                 job_for: Callable[[int, Expansion, str], Job], describe: Callable[[Expansion], dict[str, Any]],
-                 base: dict[str, Any], on_event: Callable[[Scheduler], None] | None = None,
-                 max_repeats: int = MAX_REPEATS):
+                 job_for: Callable[[int, Expansion, str, int], Job],
+                 describe: Callable[[Expansion], dict[str, Any]], base: dict[str, Any],
+                 on_event: Callable[[Scheduler], None] | None = None, max_repeats: int = MAX_REPEATS,
+                 rungs: tuple[int, ...] = (1,), eta: int = 3):
+        if not rungs or eta < 2:
+            raise ValueError("multi-fidelity needs at least one rung and eta >= 2")
+        self.rungs, self.eta = tuple(rungs), eta
+        self.promoted: set[int] = set()               # evaluations already promoted to the next rung
+        self.root: dict[int, int] = {}                # promotion -> the index that first proposed its arch
         self.strategy, self.journal, self.max_repeats = strategy, journal, max_repeats
         self.budget, self.workers = budget, workers
         self.job_for, self.describe, self.base, self.on_event = job_for, describe, base, on_event
@@ -101,11 +126,37 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the two events
 
+    def _promotion(self) -> int | None:
+        """An evaluation in the best 1/eta of its rung and not yet promoted (highest rung first), if any."""
+        for rung in range(len(self.rungs) - 2, -1, -1):
+            done = [r for r in self.results.values()
+                    if r.get("rung", 0) == rung and "duplicate_of" not in r]
+            ok = sorted((r for r in done if fitness(r) is not None), key=lambda r: (-fitness(r), r["index"]))
+            for r in ok[:len(done) // self.eta]:
+                if r["index"] not in self.promoted:
+                    return r["index"]
+        return None
+
     def _propose(self) -> dict[str, Any]:
+        index = len(self.proposals)
+        lower = self._promotion()
+        if lower is not None:
+            below = self.results[lower]
+            self.promoted.add(lower)
+            rung = below.get("rung", 0) + 1
+            record = {"index": index, "kind": "proposal", "arch": below["arch"], "origin": "promotion",
+                      "parent": lower, "retries": 0, "rung": rung, "epochs": self.rungs[rung]}
+            self.root[index] = self.root.get(lower, lower)
+            self.trainings += 1
+            self.repeats = 0
+            self.proposals[index], self.trees[index] = record, self.trees[lower]
+            return record
         p = self.strategy.propose(lambda tree: show(tree) in self.first)
-        index, text = len(self.proposals), show(p.tree)
+        text = show(p.tree)
         record = {"index": index, "kind": "proposal", "arch": text, "origin": p.origin, "parent": p.parent,
                   "retries": p.retries}
+        if len(self.rungs) > 1:
+            record.update(rung=0, epochs=self.rungs[0])
         if text in self.first:
             record["duplicate_of"] = self.first[text]
             self.repeats += 1
@@ -119,7 +170,10 @@ class Scheduler:
     def _observe(self, record: dict[str, Any]) -> None:
         index = record["index"]
         self.results[index] = record
-        self.strategy.observe(index, self.trees[index], fitness(record))
+        if index in self.root:
+            self.strategy.rescore(self.root[index], score(record))
+        else:
+            self.strategy.observe(index, self.trees[index], score(record))
 
     # ------------------------------------------------------------------ live
 
@@ -140,7 +194,7 @@ class Scheduler:
 
     def _fill(self, evaluator: Evaluator) -> None:
         while (len(self.running) < self.workers and self.trainings < self.budget and not self.exhausted
-               and self.strategy.ready()):
+               and (self.strategy.ready() or self._promotion() is not None)):
             record = self._propose()
             self.journal.append(record)
             self.tally.retries += record["retries"]
@@ -158,7 +212,8 @@ class Scheduler:
 
     def _submit(self, evaluator: Evaluator, index: int) -> None:
         self.running.add(index)
-        evaluator.submit(self.job_for(index, self.trees[index], self.proposals[index]["arch"]))
+        p = self.proposals[index]
+        evaluator.submit(self.job_for(index, self.trees[index], p["arch"], p.get("epochs", self.rungs[0])))
 
     def _finish(self, outcome: Outcome) -> None:
         index = int(outcome.key)
@@ -166,7 +221,8 @@ class Scheduler:
         result = outcome.result or {}
         p = self.proposals[index]
         record = dict(index=index, kind="eval", arch=p["arch"], **self.base, origin=p["origin"],
-                      parent=p["parent"], **self.describe(self.trees[index]), status=outcome.status,
+                      parent=p["parent"], **self._fidelity(p), **self.describe(self.trees[index]),
+                      status=outcome.status,
                       reason=outcome.reason, metrics=result.get("metrics", {}), seconds=round(outcome.seconds, 3),
                       timing={k: round(v, 3) for k, v in result.get("timing", {}).items()},
                       started=round(outcome.started, 3), finished=round(outcome.finished, 3),
@@ -186,7 +242,7 @@ class Scheduler:
         p = self.proposals[index]
         now = round(time.time(), 3)
         record = dict(index=index, kind="eval", arch=p["arch"], **self.base, origin=p["origin"], parent=p["parent"],
-                      params=original.get("params"), flops=original.get("flops"),
+                      **self._fidelity(p), params=original.get("params"), flops=original.get("flops"),
                       activations=original.get("activations"), status=original["status"],
                       reason=original.get("reason"), metrics=original.get("metrics", {}), seconds=0.0,
                       started=now, finished=now, worker=None, duplicate_of=original["index"])
@@ -194,6 +250,10 @@ class Scheduler:
         self._observe(record)
         self.tally.reused += 1
         self._emit()
+
+    @staticmethod
+    def _fidelity(proposal: dict[str, Any]) -> dict[str, Any]:
+        return {k: proposal[k] for k in ("rung", "epochs") if k in proposal}
 
     def _emit(self) -> None:
         if self.on_event is not None:
@@ -224,7 +284,7 @@ class Scheduler:
                 self.waiting.setdefault(original, []).append(index)
 
     def _replay_proposal(self, r: dict[str, Any]) -> None:
-        if not self.strategy.ready():
+        if not (self.strategy.ready() or self._promotion() is not None):
             raise ReplayError(f"record {r.get('index')}: this search could not have proposed it yet; "
                               "the journal belongs to another search")
         record = self._propose()

@@ -51,6 +51,8 @@ class SearchConfig:
     workers: int = 1
     compile: bool = False  # torch.compile each candidate (worth it on a GPU)
     plugins: tuple[str, ...] = ()  # Python files adding operations to the grammar's library
+    fidelity: tuple[int, ...] = ()  # epochs per rung of successive halving; () = every evaluation `epochs`
+    eta: int = 3  # the best 1/eta of a rung is promoted to the next
     amp: bool | None = None  # bfloat16 autocast on CUDA; None: where it pays (runtime/train.py)
     graphs: bool | None = None  # CUDA-graph training steps; None: on for CUDA
     max_params: int = 25_000_000
@@ -65,9 +67,16 @@ class SearchConfig:
         if min(self.budget, self.workers, self.epochs, self.population, self.tournament) < 1:
             raise SearchError("budget, workers, epochs, population and tournament must be positive")
         self.seeds, self.seed_names, self.plugins = tuple(self.seeds), tuple(self.seed_names), tuple(self.plugins)
+        self.fidelity = tuple(self.fidelity)
+        if self.fidelity and (list(self.fidelity) != sorted(set(self.fidelity)) or min(self.fidelity) < 1):
+            raise SearchError(f"fidelity {','.join(map(str, self.fidelity))}: epochs per rung must be positive "
+                              "and increasing")
+        if self.eta < 2:
+            raise SearchError(f"eta={self.eta}: successive halving keeps the best 1/eta, so eta must be >= 2")
 
     def train(self, epochs: int | None = None) -> dict[str, Any]:
-        return {"epochs": epochs or self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
+        """Training settings of one job; ``epochs`` defaults to the longest any evaluation trains."""
+        return {"epochs": epochs or (self.fidelity[-1] if self.fidelity else self.epochs), "lr": self.lr, "weight_decay": self.weight_decay,
                 "batch_size": self.batch_size, "seed": self.seed, "time_limit": self.time_limit,
                 "amp": self.amp, "graphs": self.graphs}
 
@@ -116,7 +125,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
     from .candidate import evaluate, final_test, prepare
     from .evaluate import Job, LocalEvaluator
-    from .schedule import ReplayError, Scheduler, fitness
+    from .schedule import ReplayError, Scheduler, fitness, score
 
     out = Path(out)
     cfg_path, journal = out / "config.json", Journal(out / "journal.jsonl")
@@ -158,19 +167,20 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
             inf = grammar.architecture(tree).infer(shape)
             return {"params": inf.params, "flops": inf.flops, "activations": inf.activations}
 
-        def job_for(index: int, tree, text: str) -> Job:
-            return Job(str(index), evaluate, dict(config.job_context(), arch=text, train=config.train()))
+        def job_for(index: int, tree, text: str, epochs: int) -> Job:
+            return Job(str(index), evaluate, dict(config.job_context(), arch=text, train=config.train(epochs)))
 
         def on_event(s: Scheduler) -> None:
             progress.done = s.finished_trainings
-            fits = [f for f in map(fitness, s.results.values()) if f is not None]
-            progress.best = max(fits) if fits else None
+            best = _best(list(s.results.values()))
+            progress.best = fitness(best) if best else None
             if on_progress:
                 on_progress(progress)
 
         scheduler = Scheduler(strategy, journal, budget=config.budget, workers=config.workers, job_for=job_for,
                               describe=describe, base={"grammar_hash": grammar.hash, "seed": config.seed,
-                                                       "strategy": config.strategy}, on_event=on_event)
+                                                       "strategy": config.strategy}, on_event=on_event,
+                              rungs=config.fidelity or (config.epochs,), eta=config.eta)
         try:
             scheduler.replay(records)
         except ReplayError as e:
@@ -251,10 +261,11 @@ def _setup(config: SearchConfig):
 
 
 def _best(records: list[dict]) -> dict | None:
-    from .schedule import fitness
+    """The evaluation with the highest score (the highest rung first), earliest on ties."""
+    from .schedule import score
 
-    ok = [r for r in records if fitness(r) is not None]
-    return max(ok, key=lambda r: (fitness(r), -r["index"])) if ok else None
+    ok = [r for r in records if r.get("kind", "eval") == "eval" and score(r) is not None]
+    return max(ok, key=lambda r: (score(r), -r["index"])) if ok else None
 
 
 def _seed_tree(grammar, text: str, name: str, shape):

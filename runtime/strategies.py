@@ -63,6 +63,9 @@ class RandomSearch:
     def observe(self, index: int, tree: Expansion, fitness: float | None) -> None:
         pass
 
+    def rescore(self, index: int, fitness: float | None) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class Member:
@@ -120,6 +123,12 @@ class RegularisedEvolution:
                 return Proposal(child, parent.index, "mutation", retries)
             retries += 1
         return Proposal(self.sampler.sample(self.rng), None, "sample", retries)
+
+    def rescore(self, index: int, fitness: float | None) -> None:
+        """A member was trained again for longer (multi-fidelity): it competes with its new score, if still alive."""
+        for k, m in enumerate(self.population):
+            if m.index == index and fitness is not None:
+                self.population[k] = Member(index, m.tree, fitness)
 
     def observe(self, index: int, tree: Expansion, fitness: float | None) -> None:
         self.population.append(Member(index, tree, fitness))

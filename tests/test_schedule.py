@@ -23,8 +23,8 @@ SAMPLER = Sampler(G.table, SHAPE, Budget(max_params=50_000, max_flops=2_000_000,
 SEED = G.parse("sequential(routing(im2col(k=3, s=1, p=1), linear(d=16), col2im), relu)", SHAPE).tree
 
 
-def _job(index, tree, text) -> Job:
-    return Job(str(index), _job, {"arch": text})
+def _job(index, tree, text, epochs) -> Job:
+    return Job(str(index), _job, {"arch": text, "epochs": epochs})
 
 
 def scheduler(journal: Path, strategy: str = "re", budget: int = 12, workers: int = 3, seed: int = 0,
@@ -166,3 +166,48 @@ def test_counts_of_repeats_match_the_journal(tmp_path):
     evals = [r for r in Journal(tmp_path / "j").records() if r["kind"] == "eval"]
     by_arch = Counter(show(s.trees[r["index"]]) for r in evals)
     assert sum(by_arch.values()) == len(evals) and len(by_arch) == 10
+
+
+def _mf(journal: Path, budget: int = 20, workers: int = 2, strategy: str = "rs") -> Scheduler:
+    rng = random.Random(0)
+    strat = (RegularisedEvolution(SAMPLER, rng, population=4, tournament=2) if strategy == "re"
+             else RandomSearch(SAMPLER, rng, strategy))
+    return Scheduler(strat, Journal(journal), budget=budget, workers=workers, job_for=_job,
+                     describe=lambda tree: {}, base={}, rungs=(1, 3, 9), eta=3)
+
+
+def test_successive_halving_promotes_the_best_third_of_each_rung(tmp_path):
+    s = _mf(tmp_path / "j", budget=30)
+    ev = FakeEvaluator(2, duration=uneven)
+    s.run(ev)
+    records = Journal(tmp_path / "j").records()
+    evals = {r["index"]: r for r in records if r["kind"] == "eval"}
+    assert {j.kwargs["epochs"] for j in ev.submitted} == {1, 3, 9}
+    for r in evals.values():
+        if r["origin"] == "promotion":
+            below = evals[r["parent"]]
+            assert r["arch"] == below["arch"] and r["rung"] == below["rung"] + 1 and r["epochs"] == (1, 3, 9)[r["rung"]]
+            # when promoted, the parent was in the best third of its rung's finished evaluations
+            position = records.index(next(p for p in records if p["kind"] == "proposal" and p["index"] == r["index"]))
+            rung = [e for e in records[:position] if e["kind"] == "eval" and e.get("rung") == below["rung"]]
+            better = sum(e["metrics"]["val_acc"] > below["metrics"]["val_acc"] for e in rung)
+            assert better < len(rung) // 3
+    rungs = Counter(r["rung"] for r in evals.values())
+    assert rungs[0] > rungs[1] > rungs[2] > 0 and sum(rungs.values()) == 30
+
+
+def test_multi_fidelity_evolution_replays_exactly(tmp_path):
+    whole = tmp_path / "whole"
+    _mf(whole, budget=16, workers=1, strategy="re").run(FakeEvaluator(1))
+    full = lines(whole)
+    cut = len(full) // 2
+    part = tmp_path / "part"
+    part.write_text("".join(full[:cut]))
+    s = _mf(part, budget=16, workers=1, strategy="re")
+    s.replay(Journal(part).records())
+    ev = FakeEvaluator(1)
+    s.resubmit(ev)
+    s.run(ev)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("started", "finished")} for r in rs]  # noqa: E731
+    assert strip(Journal(part).records()) == strip(Journal(whole).records())
+    assert any(r.get("origin") == "promotion" for r in Journal(whole).records())
