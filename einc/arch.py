@@ -7,6 +7,9 @@ in the finite state (mode, branching factor, declared params) reached at that po
 expansion is a rule of the grammar in the right parameter state. Shapes are checked later by
 einc.infer.
 
+Both stages and the printer run without Python recursion (einc.tree.deep and explicit
+stacks), so any tree the sampler's budget admits prints and parses back, however deep.
+
 Canonical printing (``show``): labelled alternatives as ``label(child, ...)``; unlabelled
 single-element alternatives are elided; a right-nested chain of one binary label whose body
 is ``X X`` is written flat (``sequential(a, b, c)`` is ``sequential(a, sequential(b, c))``);
@@ -20,13 +23,15 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import ArchError, Span
+from .errors import ArchError, Span, show_char
 from .ops import Value, show_value
 from .pcfg import finite_effect
 from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
-from .tree import Expansion, Fork, Leaf, Node
+from .tree import Expansion, Fork, Leaf, Node, deep
 
-MAX_NESTING = 5000  # parsing recursion bound; deeper strings get a located error
+MAX_NESTING = 250_000
+"""Deepest nesting of brackets parsed: above twice the largest ``Budget.max_depth`` (a tree's
+string nests at most one level per nonterminal or branch list), a bound on memory only."""
 
 # ---------------------------------------------------------------- syntax
 
@@ -61,7 +66,7 @@ def _tokens(text: str) -> list[tuple[str, str, int, int]]:
     while pos < n:
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise ArchError(f'unexpected character "{text[pos]}"', text, line, pos - line_start + 1,
+            raise ArchError(f"unexpected character {show_char(text[pos])}", text, line, pos - line_start + 1,
                             code="arch-syntax")
         kind = m.lastgroup
         tok = m.group()
@@ -100,16 +105,17 @@ class _Parser:
         self.i += 1
         return tok
 
-    def item(self, depth: int) -> Item:
+    def item(self, depth: int):
+        """One item; a generator run by ``deep`` (``yield self.item(...)`` is the recursive call)."""
         if depth > MAX_NESTING:
             raise self.fail(f"less than {MAX_NESTING} levels of nesting")
         kind, tok, line, col = self.toks[self.i]
         if kind == "[":
             self.i += 1
-            items = [self.item(depth + 1)]
+            items = [(yield self.item(depth + 1))]
             while self.toks[self.i][0] == ",":
                 self.i += 1
-                items.append(self.item(depth + 1))
+                items.append((yield self.item(depth + 1)))
             self.take("]", '"," or "]"')
             repeat = None
             if self.toks[self.i][0] == "*":
@@ -131,7 +137,7 @@ class _Parser:
                     self.i += 2
                     kwargs.append((key, self.value()))
                 else:
-                    items.append(self.item(depth + 1))
+                    items.append((yield self.item(depth + 1)))
                 if self.toks[self.i][0] != ",":
                     break
                 self.i += 1
@@ -159,10 +165,15 @@ class _Parser:
 
 def parse_syntax(text: str) -> Item:
     """Text -> generic items, without the grammar (the fast path)."""
-    p = _Parser(text)
-    item = p.item(0)
+    p = _Parser(_without_bom(text))
+    item = deep(p.item(0))
     p.take("end", "the end of the string")
     return item
+
+
+def _without_bom(text: str) -> str:
+    """Text as an editor shows it: a leading UTF-8 byte-order mark is not part of it."""
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 @lru_cache(maxsize=1)
@@ -222,20 +233,29 @@ class _Resolve:
     def __init__(self, table: RuleTable, text: str):
         self.table, self.text = table, text
 
-    def error(self, item: Item, message: str, path: tuple[int, ...]) -> ArchError:
-        return ArchError(message, self.text, item.line, item.col, path)
+    def error(self, item: Item, message: str, path) -> ArchError:
+        """``path`` is a cons list ``(parent, index)`` (None at the root): extending it is O(1)."""
+        flat: list[int] = []
+        while path is not None:
+            path, i = path
+            flat.append(i)
+        return ArchError(message, self.text, item.line, item.col, tuple(reversed(flat)))
 
     def span(self, item: Item) -> Span:
         return Span("<arch>", item.line, item.col)
 
-    def nonterminal(self, item: Item, head: str, fs: FState, path) -> tuple[Expansion, FState]:
+    # nonterminal, labelled, body and fork are generators run by einc.tree.deep:
+    # ``x = yield self.f(...)`` is a recursive call.
+
+    def nonterminal(self, item: Item, head: str, fs: FState, path, chain: frozenset = frozenset()):
+        """(Expansion, state after it); ``chain`` holds the elided nonterminals above, in their states."""
         env = {"m": fs[0], "b": fs[1], **dict(fs[2])}
         rule = self.table.rule_for(head, env)
         if rule is None:
             state = ", ".join(f"{k}={'mixed' if v is None else show_value(v)}" for k, v in env.items())
             raise self.error(item, f'no rule of "{head}" applies with {state}', path)
         if isinstance(item, Call) and any(a.label == item.name for a in rule.alternatives):
-            return self.labelled(item, head, rule.alternatives, fs, path)
+            return (yield self.labelled(item, head, rule.alternatives, fs, path))
         if not isinstance(item, Call) or item.name not in self.names(head, rule):
             raise self.error(item, self._expected(item, head, rule), path)
         first_error = None
@@ -246,15 +266,15 @@ class _Resolve:
             try:
                 if isinstance(el, OpCall):
                     if item.name == el.op:
-                        leaf, fs2 = self.leaf(item, el, fs, path + (0,))
+                        leaf, fs2 = self.leaf(item, el, fs, (path, 0))
                         return Expansion(head, None, (leaf,), self.span(item)), fs2
-                elif isinstance(el, Ref):
-                    child, out = self.nonterminal(item, el.name, _set(fs, el.sets), path + (0,))
+                elif isinstance(el, Ref) and (el.name, _set(fs, el.sets)) not in chain:  # a checked grammar has no loop
+                    child, out = yield self.nonterminal(item, el.name, _set(fs, el.sets), (path, 0),
+                                                        chain | {(head, fs)})
                     return Expansion(head, None, (child,), self.span(item)), (out[0], out[1], fs[2])
             except ArchError as e:
                 first_error = first_error or e
-        assert first_error is not None
-        raise first_error
+        raise first_error or self.error(item, self._expected(item, head, rule), path)
 
     def names(self, head: str, rule) -> frozenset[str]:
         """Every name that can stand for ``head`` under ``rule``: labels and elided ops."""
@@ -282,7 +302,7 @@ class _Resolve:
                     out |= self._names(a.body[0].name, r.alternatives, seen)
         return out
 
-    def labelled(self, item: Call, head: str, alts, fs: FState, path) -> tuple[Expansion, FState]:
+    def labelled(self, item: Call, head: str, alts, fs: FState, path):
         if item.kwargs:
             raise self.error(item, f'"{item.name}" is a module label and takes no "{item.kwargs[0][0]}="', path)
         first_error = None
@@ -292,33 +312,36 @@ class _Resolve:
             items = item.items
             body = alt.body
             if len(items) > len(body) == 2 and all(isinstance(e, Ref) and e.name == body[0].name for e in body):
-                # flat chain: label(a, b, c) is label(a, label(b, c)) in the body's nonterminal
-                rest = Call(item.name, (), items[1:], items[1].line, items[1].col, True)
+                # flat chain: label(a, b, c) is label(a, label(b, c)) in the body's nonterminal;
+                # the nested calls are built once, from the end (slicing per level is quadratic)
+                rest = Call(item.name, (), items[-2:], items[-2].line, items[-2].col, True)
+                for k in range(len(items) - 3, 0, -1):
+                    rest = Call(item.name, (), (items[k], rest), items[k].line, items[k].col, True)
                 items = (items[0], rest)
             if len(items) != len(body):
                 first_error = first_error or self.error(
                     item, f'"{item.name}" has {len(body)} parts, not {len(items)}', path)
                 continue
             try:
-                return self.body(item, head, alt, items, fs, path)
+                return (yield self.body(item, head, alt, items, fs, path))
             except ArchError as e:
                 first_error = first_error or e
         assert first_error is not None
         raise first_error
 
-    def body(self, item: Item, head: str, alt: Alternative, items, fs: FState, path) -> tuple[Expansion, FState]:
+    def body(self, item: Item, head: str, alt: Alternative, items, fs: FState, path):
         children: list[Node] = []
         m, b = fs[0], fs[1]
         for i, (el, it) in enumerate(zip(alt.body, items)):
             cur = (m, b, fs[2])
             if isinstance(el, OpCall):
-                leaf, (m, b, _) = self.leaf(it, el, cur, path + (i,))
+                leaf, (m, b, _) = self.leaf(it, el, cur, (path, i))
                 children.append(leaf)
             elif isinstance(el, Ref):
-                child, (m, b, _) = self.nonterminal(it, el.name, _set(cur, el.sets), path + (i,))
+                child, (m, b, _) = yield self.nonterminal(it, el.name, _set(cur, el.sets), (path, i))
                 children.append(child)
             else:
-                fork, (m, b, _) = self.fork(it, el, cur, path + (i,))
+                fork, (m, b, _) = yield self.fork(it, el, cur, (path, i))
                 children.append(fork)
         return Expansion(head, alt.label, tuple(children), self.span(item)), (m, b, fs[2])
 
@@ -338,7 +361,7 @@ class _Resolve:
             raise self.error(item, f'"{el.op}" does not apply in mode {fs[0] or "mixed"} with b={fs[1]}', path)
         return Leaf(el.op, el.args, self.span(item)), (eff[0], eff[1], fs[2])
 
-    def fork(self, item: Item, el: Branches, fs: FState, path) -> tuple[Fork, FState]:
+    def fork(self, item: Item, el: Branches, fs: FState, path):
         m, b, params = fs
         arm = el.arm_for({"m": m, "b": b, **dict(params)})
         if not isinstance(item, Seq):
@@ -350,9 +373,9 @@ class _Resolve:
                 raise self.error(item, f"the grammar repeats one subtree here: write [x]*{b}", path)
             if item.repeat != b:
                 raise self.error(item, f"[...]*{item.repeat} after a {b}-way branch; write *{b}", path)
-            child, out = self.nonterminal(item.items[0], arm.items[0].name, (m, 1, params), path + (0,))
+            child, out = yield self.nonterminal(item.items[0], arm.items[0].name, (m, 1, params), (path, 0))
             if out[1] != 1:
-                raise self.error(item.items[0], "a branch must end in one feature", path + (0,))
+                raise self.error(item.items[0], "a branch must end in one feature", (path, 0))
             return Fork((child,), True, b, self.span(item)), (out[0], b, params)
         if item.repeat is not None:
             raise self.error(item, f"the grammar derives {b} independent branches here: write [{', '.join(['x'] * b)}]",
@@ -361,9 +384,9 @@ class _Resolve:
             raise self.error(item, f"{len(item.items)} branches after a {b}-way branch", path)
         kids, modes = [], set()
         for i, (ref, it) in enumerate(zip(arm.items, item.items)):
-            child, out = self.nonterminal(it, ref.name, _set((m, 1, params), ref.sets), path + (i,))
+            child, out = yield self.nonterminal(it, ref.name, _set((m, 1, params), ref.sets), (path, i))
             if out[1] != 1:
-                raise self.error(it, "a branch must end in one feature", path + (i,))
+                raise self.error(it, "a branch must end in one feature", (path, i))
             kids.append(child)
             modes.add(out[0])
         return Fork(tuple(kids), False, b, self.span(item)), (modes.pop() if len(modes) == 1 else None, b, params)
@@ -388,11 +411,9 @@ def parse(text: str, table: RuleTable, mode: str | None = None) -> Expansion:
 
 @lru_cache(maxsize=4096)
 def _parse_cached(text: str, table: RuleTable, mode: str) -> Expansion:
-    try:
-        item = parse_syntax(text)
-        tree, _ = _Resolve(table, text).nonterminal(item, table.start.symbol, (mode, 1, table.start.params), ())
-    except RecursionError:
-        raise ArchError("the string nests too deeply to parse", code="arch-syntax") from None
+    text = _without_bom(text)
+    item = parse_syntax(text)
+    tree, _ = deep(_Resolve(table, text).nonterminal(item, table.start.symbol, (mode, 1, table.start.params), None))
     return tree
 
 
@@ -400,51 +421,41 @@ def _parse_cached(text: str, table: RuleTable, mode: str) -> Expansion:
 
 
 def show(tree: Node) -> str:
-    """The canonical bracket string of a tree."""
+    """The canonical bracket string of a tree (an explicit stack: any depth prints)."""
     out: list[str] = []
-    try:
-        _show(tree, out, None)
-    except RecursionError:
-        raise ArchError("the tree is too deep to print; lower the sampler's max_depth") from None
-    return "".join(out)
-
-
-def _show(node: Node, out: list[str], flat_label: str | None) -> None:
-    # iterative enough for search trees; recursion depth = nesting depth of the string
-    if isinstance(node, Leaf):
-        out.append(node.op)
-        if node.args:
-            order = _arg_order(node.op)
-            args = sorted(node.args, key=lambda kv: order.get(kv[0], 99))
-            out.append("(" + ", ".join(f"{k}={show_value(v)}" for k, v in args) + ")")
-        return
-    if isinstance(node, Fork):
-        out.append("[")
-        for i, c in enumerate(node.children):
-            if i:
-                out.append(", ")
-            _show(c, out, None)
-        out.append("]")
-        if node.repeated:
-            out.append(f"*{node.copies}")
-        return
-    if node.label is None and len(node.children) == 1:
-        _show(node.children[0], out, None)
-        return
-    if flat_label is None:
-        out.append(node.label or node.head)
-        out.append("(")
-    kids = node.children
-    for i, c in enumerate(kids):
-        if i:
-            out.append(", ")
-        last = i == len(kids) - 1
-        if last and _flattens(node, c):
-            _show(c, out, node.label)
+    todo: list = [(tree, None)]  # (node, label of the flat chain it continues) or a literal string
+    while todo:
+        job = todo.pop()
+        if isinstance(job, str):
+            out.append(job)
+            continue
+        node, flat_label = job
+        if isinstance(node, Leaf):
+            out.append(node.op)
+            if node.args:
+                order = _arg_order(node.op)
+                args = sorted(node.args, key=lambda kv: order.get(kv[0], 99))
+                out.append("(" + ", ".join(f"{k}={show_value(v)}" for k, v in args) + ")")
+            continue
+        parts: list = []  # what this node prints, in order; pushed reversed below
+        if isinstance(node, Fork):
+            parts.append("[")
+            for i, c in enumerate(node.children):
+                parts += [", "] * bool(i) + [(c, None)]
+            parts.append("]" + (f"*{node.copies}" if node.repeated else ""))
+        elif node.label is None and len(node.children) == 1:
+            parts.append((node.children[0], None))
         else:
-            _show(c, out, None)
-    if flat_label is None:
-        out.append(")")
+            if flat_label is None:
+                parts.append((node.label or node.head) + "(")
+            kids = node.children
+            for i, c in enumerate(kids):
+                last = i == len(kids) - 1
+                parts += [", "] * bool(i) + [(c, node.label if last and _flattens(node, c) else None)]
+            if flat_label is None:
+                parts.append(")")
+        todo.extend(reversed(parts))
+    return "".join(out)
 
 
 def _flattens(parent: Expansion, child: Node) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from .errors import Diagnostic, EinCheckError, Span
+from .errors import Diagnostic, EinCheckError, Span, show_char
 from .ops import BUILTIN, MODES, Library, Value, show_value
 from .table import Alternative, Arm, Branches, Guard, OpCall, Ref, Rule, RuleTable, Start
 
@@ -234,6 +234,7 @@ class _Sources:
 
     def __init__(self) -> None:
         self.text: dict[str, str] = {}
+        self.read: set[str] = set()  # resolved paths of the files read
 
     def line(self, span: Span | None) -> str | None:
         if span is None or span.path not in self.text:
@@ -248,7 +249,7 @@ class _Sources:
 def _syntax_error(err: UnexpectedInput, path: str, sources: _Sources) -> Diagnostic:
     line, col = max(err.line, 1), max(err.column, 1)
     if isinstance(err, UnexpectedCharacters):
-        msg = f'unexpected character "{err.char}"'
+        msg = f"unexpected character {show_char(err.char)}"
     elif isinstance(err, UnexpectedEOF):
         msg = "unexpected end of file"
     else:
@@ -266,64 +267,85 @@ def _syntax_error(err: UnexpectedInput, path: str, sources: _Sources) -> Diagnos
     return sources.diag(Span(path, line, col), "syntax", msg)
 
 
-def _read(path: Path, sources: _Sources, stack: tuple[str, ...], diags: list[Diagnostic],
-          at: Span | None) -> list:
-    """Raw items of ``path`` and of everything it includes, in order."""
-    key = str(path)
-    if _same_file(key, stack):
+def _load(path: Path, sources: _Sources, chain: frozenset[str], names: tuple[str, ...],
+          diags: list[Diagnostic], at: Span | None) -> str | None:
+    """The text of an included file, or None (a cycle, a file read already, or an error)."""
+    key, norm = str(path), _norm(str(path))
+    if norm in chain:
         diags.append(sources.diag(at, "include", f'"{path.name}" includes itself (through '
-                                  + " -> ".join([*(Path(s).name for s in stack), path.name]) + ")"))
-        return []
-    if _same_file(key, tuple(sources.text)):
-        return []  # included once already (a diamond, not a cycle): its rules are in the table
+                                  + " -> ".join([*(Path(s).name for s in names), path.name]) + ")"))
+        return None
+    if norm in sources.read:
+        return None  # included once already (a diamond, not a cycle): its rules are in the table
+    if path.suffix != ".ein":
+        # only grammar files: an error in any other file would echo its first line
+        diags.append(sources.diag(at, "include", f'"{path}" is not a .ein file; include reads grammars only'))
+        return None
     try:
-        if path.exists() and not path.is_file() and not path.is_dir():  # a device or pipe may never end
-            raise OSError(0, "not a regular file")
-        text = path.read_text(encoding="utf-8")
+        if path.exists() and not path.is_file():  # a directory, a device or pipe that may never end
+            raise OSError(0, "a directory" if path.is_dir() else "not a regular file")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL in the path
         reason = (e.strerror if isinstance(e, OSError) and e.strerror else
-                  str(e) if type(e) is ValueError else type(e).__name__)
-        diags.append(sources.diag(at, "include", f'cannot read "{path}": {reason}')
-                     if at else Diagnostic(Span(key, 1, 1), "error", "include", f'cannot read "{path}": {reason}'))
-        return []
-    return _read_text(text, key, sources, stack, diags)
+                  str(e) if type(e) is ValueError else
+                  "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else type(e).__name__)
+        diags.append(sources.diag(at, "include", f'cannot read "{path}": {reason}'))
+        return None
 
 
-def _same_file(key: str, stack: tuple[str, ...]) -> bool:
-    """Whether ``key`` names a file already being read (the top file's path may be relative)."""
-    def norm(k: str) -> str:
-        try:
-            return str(Path(k).resolve())
-        except (OSError, ValueError):
-            return k
-    return norm(key) in {norm(s) for s in stack}
+def _norm(key: str) -> str:
+    """A file's identity for cycle and diamond checks (the top file's path may be relative)."""
+    try:
+        return str(Path(key).resolve())
+    except (OSError, ValueError, RuntimeError):
+        return key
 
 
-def _read_text(text: str, key: str, sources: _Sources, stack: tuple[str, ...],
-               diags: list[Diagnostic]) -> list:
+def _items(text: str, key: str, sources: _Sources, diags: list[Diagnostic]) -> list:
+    """One file's raw items, includes not yet resolved."""
+    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark is no part of the text
+        text = text[1:]
     sources.text[key] = text
+    sources.read.add(_norm(key))
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as e:
         diags.append(_syntax_error(e, key, sources))
         return []
     try:
-        items = _ToRaw(key).transform(tree)
+        return _ToRaw(key).transform(tree)
+    except RecursionError:  # lark's transformer recurses: parentheses nested thousands deep
+        diags.append(sources.diag(Span(key, 1, 1), "syntax", "the file nests parentheses too deeply"))
+        return []
     except Exception as e:  # lark wraps transformer errors in VisitError
         inner = getattr(e, "orig_exc", e)
         if isinstance(inner, _BadValue):
             diags.append(sources.diag(inner.span, "syntax", inner.message))
             return []
         raise
+
+
+def _read_text(text: str, key: str, sources: _Sources, diags: list[Diagnostic]) -> list:
+    """Raw items of ``text`` with every include read in place, by an explicit stack (any depth)."""
     out: list = []
-    for item in items:
-        if isinstance(item, _RawItem) and item.kind == "include":
-            target = (Path(key).parent / item.data[0])
+    # (items left, this file's key, files including it (normalised), their names for messages)
+    stack = [(iter(_items(text, key, sources, diags)), key, frozenset([_norm(key)]), (key,))]
+    while stack:
+        items, key, chain, names = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+        elif isinstance(item, _RawItem) and item.kind == "include":
+            target = Path(key).parent / item.data[0]
             try:
                 target = target.resolve() if target.exists() else target
-            except (OSError, ValueError):  # a name too long, a NUL: _read reports it
+            except (OSError, ValueError, RuntimeError):  # a name too long, a NUL: _load reports it
                 pass
-            out.extend(_read(target, sources, stack + (key,), diags, item.span))
+            inner = _load(target, sources, chain, names, diags, item.span)
+            if inner is not None:
+                tkey = str(target)
+                stack.append((iter(_items(inner, tkey, sources, diags)), tkey, chain | {_norm(tkey)},
+                              names + (tkey,)))
         else:
             out.append(item)
     return out
@@ -518,7 +540,7 @@ def read_ein(text: str, path: str = "<string>", library: Library = BUILTIN):
     """Build the table without semantic checks; diagnostics so far (syntax, ops, probabilities)."""
     sources = _Sources()
     diags: list[Diagnostic] = []
-    items = _read_text(text, path, sources, (), diags)
+    items = _read_text(text, path, sources, diags)
     every_text = "".join(f"\0{k}\0{v}" if k != path else v for k, v in sources.text.items())
     table = _build(items, path, library, sources, diags, every_text)
     return table, [_with_line(d, sources) for d in diags], sources

@@ -67,9 +67,17 @@ class Diagnostic:
         return text
 
 
+def show_char(c: str) -> str:
+    """A character for a message: quoted when visible, else its code point (a NUL, a BOM)."""
+    return f'"{c}"' if c.isprintable() and not c.isspace() else f"U+{ord(c):04X}"
+
+
 def caret(line: str, col: int, end_col: int = 0) -> str:
-    """The source line, then ``^~~~`` under columns ``col`` .. ``end_col`` (1-based)."""
-    line = line.rstrip("\n").expandtabs(1)
+    """The source line, then ``^~~~`` under columns ``col`` .. ``end_col`` (1-based).
+
+    Invisible characters show as "?" so that the caret still lines up and a terminal is not
+    sent control codes."""
+    line = "".join(c if c.isprintable() else "?" for c in line.rstrip("\n").expandtabs(1))
     width = max(1, (end_col - col) if end_col > col else 1)
     return f"    {line}\n    {' ' * (col - 1)}^{'~' * (width - 1)}"
 

@@ -24,7 +24,7 @@ from .infer import Inference, infer
 from .ops import Features, feature_for, mode_of
 from .sample import Budget, Sampler, SamplingError
 from .table import Branches, OpCall, Ref, RuleTable, merge_params
-from .tree import Expansion, Fork, Leaf, Node, Path, counts, replace_at
+from .tree import Expansion, Fork, Leaf, Node, Path, counts, deep, replace_at
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,14 @@ class NodeState:
 def node_states(tree: Expansion, table: RuleTable, input_shape: tuple[int, ...]) -> list[NodeState]:
     """The state every nonterminal node of a valid tree is expanded in, parents first."""
     out: list[NodeState] = []
-    try:
-        _visit(tree, (feature_for(tuple(input_shape)),), table.start.params, (), 0, 1, table, out)
-    except RecursionError:
-        raise ArchError("the tree is too deep to edit; lower the sampler's max_depth") from None
+    deep(_visit(tree, (feature_for(tuple(input_shape)),), table.start.params, (), 0, 1, table, out))
     out.sort(key=lambda s: s.path)
     return out
 
 
 def _visit(node: Node, fs: Features, up: tuple, path: Path, depth: int, mult: int, table: RuleTable,
-           out: list[NodeState]) -> Features:
+           out: list[NodeState]):
+    """The features after ``node``; a generator run by einc.tree.deep (any depth)."""
     lib = table.library
     if isinstance(node, Leaf):
         return lib[node.op].apply(fs, node.args)
@@ -66,13 +64,13 @@ def _visit(node: Node, fs: Features, up: tuple, path: Path, depth: int, mult: in
                     outs.append(outs[0])
                     continue
                 ref = el.arm_for({"m": mode_of(fs), "b": len(fs), **dict(up)}).items[k]
-                outs.append(_visit(child.children[k], (f,), merge_params(up, ref.sets), path + (i, k), depth + 1,
-                                   mult * (child.copies if child.repeated else 1), table, out)[0])
+                outs.append((yield _visit(child.children[k], (f,), merge_params(up, ref.sets), path + (i, k),
+                                          depth + 1, mult * (child.copies if child.repeated else 1), table, out))[0])
             fs = tuple(outs)
         elif isinstance(child, Expansion):
-            fs = _visit(child, fs, merge_params(up, el.sets), path + (i,), depth + 1, mult, table, out)
+            fs = yield _visit(child, fs, merge_params(up, el.sets), path + (i,), depth + 1, mult, table, out)
         else:
-            fs = _visit(child, fs, up, path + (i,), depth + 1, mult, table, out)
+            fs = yield _visit(child, fs, up, path + (i,), depth + 1, mult, table, out)
     out.append(NodeState(path, node, fin, up, depth, mult, fs))
     return fs
 

@@ -9,12 +9,16 @@
 Trees are frozen and compare by structure; ``span`` (where a node was written) is left out of
 comparisons, so ``parse(show(t)) == t`` is plain equality. The alternative a node used is not
 stored: it is recovered from the grammar, so a tree stays meaningful as text.
+
+Equality and hashing walk the tree with an explicit stack, and ``deep`` runs a recursive
+generator without Python recursion: a sampler with a large ``max_depth`` makes trees deeper
+than Python's recursion limit, and every stage must still handle them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Generator, Iterator
 
 from .errors import Span
 from .ops import Args
@@ -27,24 +31,113 @@ class Leaf:
     span: Span | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Fork:
     children: tuple["Node", ...]
     repeated: bool = False
     copies: int = 0  # number of branches; equals len(children) unless repeated
     span: Span | None = field(default=None, compare=False, repr=False)
 
+    def __eq__(self, other: object) -> bool:
+        return _equal(self, other) if isinstance(other, (Fork, Expansion, Leaf)) else NotImplemented
 
-@dataclass(frozen=True, slots=True)
+    def __hash__(self) -> int:
+        return _hash(self)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Expansion:
     head: str
     label: str | None
     children: tuple["Node", ...]
     span: Span | None = field(default=None, compare=False, repr=False)
 
+    def __eq__(self, other: object) -> bool:
+        return _equal(self, other) if isinstance(other, (Fork, Expansion, Leaf)) else NotImplemented
+
+    def __hash__(self) -> int:
+        return _hash(self)
+
 
 Node = Expansion | Leaf | Fork
 Path = tuple[int, ...]
+
+
+def _equal(a: Node, b: Node) -> bool:
+    """Structural equality (spans ignored), by an explicit stack."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if x is y:
+            continue
+        if type(x) is not type(y):
+            return False
+        if type(x) is Leaf:
+            if x != y:
+                return False
+            continue
+        if type(x) is Expansion:
+            if x.head != y.head or x.label != y.label:  # type: ignore[union-attr]
+                return False
+        elif x.repeated != y.repeated or x.copies != y.copies:  # type: ignore[union-attr]
+            return False
+        if len(x.children) != len(y.children):  # type: ignore[union-attr]
+            return False
+        stack.extend(zip(x.children, y.children))  # type: ignore[union-attr]
+    return True
+
+
+def _hash(root: Node) -> int:
+    """A hash consistent with ``_equal``, computed children first by an explicit stack."""
+    done: dict[int, int] = {}
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, ready = stack.pop()
+        if type(node) is Leaf or id(node) in done:
+            continue
+        kids = node.children  # type: ignore[union-attr]
+        if ready:
+            sub = tuple(hash(c) if type(c) is Leaf else done[id(c)] for c in kids)
+            key = (node.head, node.label) if type(node) is Expansion else (node.repeated, node.copies)  # type: ignore[union-attr]
+            done[id(node)] = hash((type(node).__name__, key, sub))
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in kids if type(c) is not Leaf)
+    return done[id(root)]
+
+
+def deep(gen: Generator[Any, Any, Any]) -> Any:
+    """Run a recursive generator function without Python recursion.
+
+    Inside ``gen`` a recursive call is written ``result = yield f(args)`` where ``f`` is itself
+    such a generator function; exceptions travel up the explicit stack as they would through
+    calls, so ``try: x = yield f(...) except E:`` works.
+    """
+    stack = [gen]
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        top = stack[-1]
+        try:
+            if error is not None:
+                e, error = error, None
+                sub = top.throw(e)
+            else:
+                sub = top.send(value)
+        except StopIteration as stop:
+            stack.pop()
+            if not stack:
+                return stop.value
+            value = stop.value
+            continue
+        except BaseException as e:  # noqa: B036 - re-raised in the caller's frame
+            stack.pop()
+            if not stack:
+                raise
+            error = e
+            continue
+        stack.append(sub)
+        value = None
 
 
 def walk(tree: Node) -> Iterator[tuple[Path, Node]]:
