@@ -207,3 +207,20 @@ def test_unreadable_seed_file_is_one_line(tmp_path):
     seed.write_bytes(b"\xff\xfe\x00bad")
     r = CliRunner().invoke(main, ["search", "--seeds", str(seed), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "cannot read the seed" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
+def test_ctrl_c_stops_everything_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "einc.cli", "search", "--data", "digits10", "--strategy", "rs", "--budget", "50",
+           "--epochs", "1", "--batch-size", "64", "--max-params", "100000", "--out", str(out)]
+    child = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = out / "journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not journal.exists() or '"eval"' not in journal.read_text()):
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130 and f"einc search --out {out} --resume" in err and "Traceback" not in err
+    assert _group_alive(child.pid) == []
+    assert any(r["kind"] == "eval" for r in Journal(journal).records())
