@@ -356,8 +356,9 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
               help='"digits" (embedded, no download), an Unseen-NAS folder, or a .npz file.')
 @click.option("--strategy", type=click.Choice(["rs", "re", "sample"]), default="re", show_default=True,
               help="Random search, regularised evolution, or random sampling.")
-@click.option("--seeds", "seed_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Architecture files that seed the evolution's population (repeatable).")
+@click.option("--seeds", "seed_files", multiple=True,
+              help="Seeds of the evolution's population (repeatable): an architecture file, a bundled seed "
+                   "(resnet18, vit, wrn16_4_published, ...) or mix (the paper's RE(Mix): all four published).")
 @click.option("--budget", type=click.IntRange(1), default=20, show_default=True, help="Evaluations.")
 @click.option("--epochs", type=click.IntRange(1), default=8, show_default=True, help="Epochs per evaluation.")
 @click.option("--final-epochs", type=click.IntRange(1), default=None,
@@ -400,15 +401,10 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
     from einc.runtime.report import format_summary
     from einc.runtime.search import SearchConfig, run_search
 
-    seeds = []
-    for f in seed_files:
-        try:
-            seeds.append(Path(f).read_text(encoding="utf-8").strip())
-        except (OSError, UnicodeDecodeError) as e:
-            _fail(f"{f}:1:1: error: cannot read the seed: {getattr(e, 'strerror', None) or type(e).__name__}")
-    seeds = tuple(seeds)
+    named = _seeds(seed_files)
+    seeds = tuple(text for _, text in named)
     config = SearchConfig(grammar=grammar, data=data, strategy=strategy, seeds=seeds,
-                          seed_names=tuple(Path(f).stem for f in seed_files), budget=budget,
+                          seed_names=tuple(name for name, _ in named), budget=budget,
                           population=population, tournament=tournament, epochs=epochs,
                           fidelity=fidelity or (), eta=eta,
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
@@ -443,6 +439,25 @@ def report(out: str) -> None:
     from einc.runtime.search import report_folder
 
     click.echo(report_folder(out))
+
+
+def _seeds(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(name, text) of each --seeds value: a file, else a bundled seed or group name."""
+    from .seeds import named_seeds, seed_names
+
+    out: list[tuple[str, str]] = []
+    for value in values:
+        path = Path(value)
+        if path.exists() or value not in seed_names():
+            if not path.is_file():
+                _fail(f'{value}: error: no such file, and no bundled seed of that name ({", ".join(seed_names())})')
+            try:
+                out.append((path.stem, path.read_text(encoding="utf-8").strip()))
+            except (OSError, UnicodeDecodeError) as e:
+                _fail(f"{value}:1:1: error: cannot read the seed: {getattr(e, 'strerror', None) or type(e).__name__}")
+        else:
+            out += named_seeds(value)
+    return out
 
 
 def _epochs_list(value: str | None) -> tuple[int, ...] | None:

@@ -224,3 +224,19 @@ def test_ctrl_c_stops_everything_and_says_how_to_resume(tmp_path):
     assert child.returncode == 130 and f"einc search --out {out} --resume" in err and "Traceback" not in err
     assert _group_alive(child.pid) == []
     assert any(r["kind"] == "eval" for r in Journal(journal).records())
+
+
+def test_seeds_by_name_and_mix(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(config, out, resume=False, on_progress=None, evaluator=None):
+        seen["config"] = config
+        raise SearchError("stop here")
+
+    monkeypatch.setattr("einc.runtime.search.run_search", fake_run)
+    r = CliRunner().invoke(main, ["search", "--seeds", "mix", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "stop here" in r.output
+    assert seen["config"].seed_names == ("resnet18", "wrn16_4_published", "vit", "mixer_published")
+    assert all(text.startswith(("sequential", "routing", "branching")) for text in seen["config"].seeds)
+    r = CliRunner().invoke(main, ["search", "--seeds", "resnet19", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "no bundled seed of that name" in r.output and "resnet18" in r.output
