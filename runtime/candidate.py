@@ -54,14 +54,21 @@ def _device(requested: str | None) -> str:
 
 
 def prepare(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, device: str | None,
-            compile_model: bool = False) -> None:
-    """Run once as a worker starts: imports, CUDA start, grammar and data, so its first job starts at once."""
-    import torch
+            compile_model: bool = False, workers: int = 1) -> None:
+    """Run once as a worker starts: imports, CUDA start, grammar, data on the device, so its first job
+    starts at once. Workers sharing a GPU each get an equal share of its memory, so one greedy
+    candidate runs out of memory alone instead of taking its neighbours down."""
+    from .train import limit_memory, warm_up
 
     _grammar(grammar, tuple(plugins))
-    _dataset(data, data_seed)
-    if _device(device).startswith("cuda"):
-        torch.zeros(1, device=_device(device))
+    dev = _device(device)
+    if dev.startswith("cuda"):
+        import torch
+
+        sharing = -(-workers // max(1, torch.cuda.device_count()))
+        if sharing > 1:
+            limit_memory(0.95 / sharing, dev)
+    warm_up(dev, _dataset(data, data_seed))
 
 
 def _model(arch: str, grammar: Any, plugins: tuple[str, ...], input_shape: tuple[int, ...], num_classes: int,
@@ -70,12 +77,13 @@ def _model(arch: str, grammar: Any, plugins: tuple[str, ...], input_shape: tuple
 
     # a path or bundled name is loaded once per process; a compiled Grammar (shipped by a remote backend) is used as is
     g = _grammar(grammar, tuple(plugins)) if isinstance(grammar, str) else grammar
-    model = einc.build(g.parse(arch, input_shape), input_shape=input_shape, num_classes=num_classes)
+    parsed = g.parse(arch, input_shape)
+    model = einc.build(parsed, input_shape=input_shape, num_classes=num_classes)
     if compile_model:
         import torch
 
         model = torch.compile(model)
-    return model
+    return model, parsed.infer(input_shape).flops
 
 
 def _forget_generated_code() -> None:
@@ -111,10 +119,10 @@ def _run(fit, arch, grammar, plugins, data, data_seed, train, device, compile_mo
     t0 = time.perf_counter()
     ds = _dataset(data, data_seed)
     torch.manual_seed(train.get("seed", 0))
-    model = _model(arch, grammar, plugins, ds.input_shape, ds.num_classes, compile_model)
+    model, flops = _model(arch, grammar, plugins, ds.input_shape, ds.num_classes, compile_model)
     t1 = time.perf_counter()
     try:
-        metrics = fit(model, ds, TrainConfig(**train), _device(device))
+        metrics = fit(model, ds, TrainConfig(**train), _device(device), flops=flops)
     finally:
         _forget_generated_code()
     return {"metrics": metrics, "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}

@@ -145,7 +145,8 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     if own:  # workers import torch and load the data while this process sets up
         evaluator = LocalEvaluator(workers=config.workers, time_limit=config.time_limit,
                                    threads=threads_per_worker(config.workers),
-                                   prepare=functools.partial(prepare, **config.job_context())).start()
+                                   prepare=functools.partial(prepare, **config.job_context(),
+                                                             workers=config.workers)).start()
     try:
         grammar, data, strategy = _setup(config)
         shape = data.input_shape
