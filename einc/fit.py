@@ -261,7 +261,7 @@ def render(text: str, path: str, table: RuleTable, probs: dict[RuleId, list[floa
     out = text
     for s, e, new in sorted(edits, reverse=True):
         out = out[:s] + new + out[e:]
-    lines = "".join(f"# {h}\n" for h in header)
+    lines = "".join("# " + " ".join(h.splitlines()) + "\n" for h in header)
     return lines + ("#\n" if header else "") + out
 
 
@@ -404,7 +404,7 @@ def _notes(table: RuleTable, counts: Counts, prior: dict, probs: dict) -> list[s
             pooled_note = ""
             if len(states) > 1:
                 pooled_note = "; pooled over " + ", ".join(f"{_state(s)} ({c})" for s, c in states.items())
-            out.append(f"{name}: {n} uses; largest change {_alt_name(rule.alternatives[k], table)} "
+            out.append(f"{name}: {n} use{'s' if n != 1 else ''}; largest change {_alt_name(rule.alternatives[k], table)} "
                        f"{prior[rid][k]:.4f} -> {probs[rid][k]:.4f}{pooled_note}")
     return out
 
