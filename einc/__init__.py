@@ -10,10 +10,25 @@
 GraphModule; torch is imported only then.
 """
 
+import importlib as _importlib
+
 from .api import Architecture, Grammar, build, compile_grammar, load
 from .errors import EinError
+from .sample import Budget
 from .tree import Expansion, Fork, Leaf
 
 __version__ = "0.1.0"
-__all__ = ["Architecture", "EinError", "Expansion", "Fork", "Grammar", "Leaf", "__version__", "build",
+__all__ = ["Architecture", "Budget", "EinError", "Expansion", "Fork", "Grammar", "Leaf", "__version__", "build",
            "compile_grammar", "load"]
+
+
+def __getattr__(name: str):
+    """``einc.sample``, ``einc.mutate``, ``einc.emit`` ... after a plain ``import einc``: each
+    submodule is imported when first used, so torch still loads only when a model is built."""
+    if not name.startswith("_"):
+        try:
+            return _importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from .arch import parse, show
 from .ein import compile_ein, load as load_table
+from .errors import ArchError, EinError
+from .sample import Budget
 from .infer import Inference, infer
 from .ops import BUILTIN, Library, feature_for
 from .table import RuleTable
@@ -40,16 +43,42 @@ class Grammar:
     def default_shape(self) -> tuple[int, ...] | None:
         return self.table.start.shape
 
+    def check_input(self, input_shape) -> tuple[int, ...]:
+        """The shape as a tuple if this grammar can take it as input, else ``InputError``:
+        a shape that is not C,H,W or S,D of positive sizes, or a mode the grammar derives
+        nothing in (``"the grammar starts in mode Col; the input 3,8,8 is Im: ..."``)."""
+        from .checks import check_input
+
+        return check_input(self.table, input_shape)
+
     def parse(self, text: str, input_shape: tuple[int, ...] | None = None) -> "Architecture":
         """Parse a bracket string; with ``input_shape``, also check every shape."""
-        mode = feature_for(input_shape).mode if input_shape else None
+        if not isinstance(text, str):
+            raise ArchError(f"an architecture is a bracket-notation string, not {type(text).__name__}",
+                            code="arch-syntax")
+        shape = self.check_input(input_shape) if input_shape is not None else None
+        mode = feature_for(shape).mode if shape else None
         arch = Architecture(self, parse(text.strip(), self.table, mode), mode or self.table.start.mode)
-        if input_shape is not None:
-            infer(arch.tree, self.library, input_shape, text.strip())
+        if shape is not None:
+            infer(arch.tree, self.library, shape, text.strip())
         return arch
 
     def architecture(self, tree: Expansion, mode: str | None = None) -> "Architecture":
+        """Wrap a tree (from ``einc.sample.Sampler``, ``einc.mutate``) for printing and building."""
+        if not isinstance(tree, Expansion):
+            raise EinError(f"an architecture's tree is an einc.Expansion, not {type(tree).__name__}")
         return Architecture(self, tree, mode or self.table.start.mode)
+
+    def sample(self, input_shape: tuple[int, ...] | None = None, seed: int | random.Random = 0,
+               budget: Budget | None = None) -> "Architecture":
+        """One architecture drawn by the grammar's probabilities, valid by construction and within
+        ``budget`` (default ``einc.Budget()``); ``input_shape`` defaults to the start's shape."""
+        from .sample import Sampler
+
+        shape = self.check_input(input_shape if input_shape is not None else self.default_shape())
+        rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        tree = Sampler(self.table, shape, budget or Budget()).sample(rng)
+        return Architecture(self, tree, feature_for(shape).mode)
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +104,8 @@ class Architecture:
         return hash(self.text)
 
     def infer(self, input_shape: tuple[int, ...]) -> Inference:
-        return infer(self.tree, self.grammar.library, input_shape, self.text)
+        """Shapes, parameters and FLOPs on a per-sample input of ``input_shape``: no tensor built."""
+        return infer(self.tree, self.grammar.library, self.grammar.check_input(input_shape), self.text)
 
 
 def load(path: str | Path, library: Library = BUILTIN) -> Grammar:
@@ -97,4 +127,8 @@ def build(arch: Architecture, input_shape: tuple[int, ...], num_classes: int | N
     """
     from .lower import lower
 
+    if not isinstance(arch, Architecture):
+        raise EinError(f"build takes an einc.Architecture, not {type(arch).__name__}"
+                       + ("; wrap a sampled tree as grammar.architecture(tree)" if isinstance(arch, Expansion) else ""))
+    arch.grammar.check_input(input_shape)
     return lower(arch, tuple(input_shape), num_classes=num_classes, optimize=optimize, check=check)

@@ -381,7 +381,7 @@ class _Resolve:
             raise self.error(item, f"the grammar derives {b} independent branches here: write [{', '.join(['x'] * b)}]",
                              path)
         if len(item.items) != b:
-            raise self.error(item, f"{len(item.items)} branches after a {b}-way branch", path)
+            raise self.error(item, f"{len(item.items)} branch{'es' if len(item.items) != 1 else ''} after a {b}-way branch", path)
         kids, modes = [], set()
         for i, (ref, it) in enumerate(zip(arm.items, item.items)):
             child, out = yield self.nonterminal(it, ref.name, _set((m, 1, params), ref.sets), (path, i))

@@ -101,6 +101,28 @@ def check(file: str, as_json: bool, plugins: tuple[str, ...]) -> None:
     sys.exit(1 if errors else 0)
 
 
+def read_arch_argument(arg: str) -> tuple[str, str | None]:
+    """(architecture text, file it came from or None) for an argument that is either a path
+    or a bracket-notation string. Bracket notation has no "/", "\\", "." or "~", so an argument
+    with one is a path even when no such file exists, and is reported as one."""
+    if os.path.isfile(arg):  # (a long architecture string is no path: isfile says so, never raises)
+        try:
+            return Path(arg).read_text(encoding="utf-8"), arg
+        except (OSError, UnicodeDecodeError) as e:
+            reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e.strerror or type(e).__name__
+            _fail(f"{arg}: error: cannot read: {reason}")
+    try:
+        exists = os.path.exists(arg)
+    except (OSError, ValueError):
+        exists = False
+    if exists:
+        kind = "a directory" if os.path.isdir(arg) else "not a regular file"
+        _fail(f"{arg}: error: {kind}; give an architecture file or a bracket-notation string")
+    if any(c in arg for c in "/\\.~"):
+        _fail(f"{arg}: error: no such file (an architecture is a file's path or a bracket-notation string)")
+    return arg, None
+
+
 @main.command("compile")
 @click.argument("arch")
 @click.option("--grammar", "-g", default="einspace", show_default=True,
@@ -127,13 +149,7 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
     """
     from . import load
 
-    text, source_path = arch, None
-    if os.path.isfile(arch):  # (a long architecture string is no path: isfile says so, never raises)
-        source_path = arch
-        try:
-            text = Path(arch).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            _fail(f"{arch}:1:1: error: cannot read: {getattr(e, 'strerror', None) or type(e).__name__}")
+    text, source_path = read_arch_argument(arch)
     g = load(grammar, load_plugins(plugins))
     shape = input_shape or g.default_shape()
     if shape is None:

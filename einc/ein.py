@@ -441,8 +441,44 @@ def _check_guard(g: Guard, params, sources: _Sources, diags) -> None:
         diags.append(sources.diag(g.span, "bad-guard", f"{g.param} never takes the value {show_value(v)}"))
 
 
+def implied_label(head: str) -> str:
+    """The label of an unlabelled alternative that bracket notation cannot elide: the
+    nonterminal's name in lowercase (``Conv -> im2col(...) linear(...) col2im`` is written
+    ``conv(im2col(...), linear(...), col2im)``)."""
+    return head.lower()
+
+
+def _needs_label(body: tuple) -> bool:
+    """Only a single operation or nonterminal can go unwritten in bracket notation."""
+    return len(body) > 1 or isinstance(body[0], Branches)
+
+
+def _labels(rule: _RawRule, sources: _Sources, diags) -> list[str | None]:
+    """Each alternative's label, explicit or implied; two alike in one rule is an error."""
+    out: list[str | None] = []
+    first: dict[str, _RawAlt] = {}
+    for alt in rule.alts:
+        label = alt.label or (implied_label(rule.head) if _needs_label(alt.body) else None)
+        out.append(label)
+        if label is None:
+            continue
+        if label not in first:
+            first[label] = alt
+            continue
+        if alt.label and first[label].label:
+            msg = (f'label "{label}" names two alternatives of "{rule.head}" (the first at line '
+                   f'{first[label].span.line}); bracket notation could not tell them apart: rename one')
+        else:
+            msg = (f'two alternatives of "{rule.head}" are written "{label}(...)" (the first at line '
+                   f'{first[label].span.line}): an alternative of several elements without a label '
+                   "takes its nonterminal's name in lowercase; give them distinct labels")
+        diags.append(sources.diag(alt.span, "duplicate-label", msg))
+    return out
+
+
 def _alternatives(rule: _RawRule, params, library: Library, sources: _Sources, diags) -> tuple[Alternative, ...]:
-    """Expand op variants and give every alternative its probability."""
+    """Expand op variants and give every alternative its probability and label."""
+    labels = dict(zip(map(id, rule.alts), _labels(rule, sources, diags)))
     expanded: list[tuple[_RawAlt, tuple]] = []  # (raw alt, body) per variant
     for alt in rule.alts:
         bodies: list[list] = [[]]
@@ -461,8 +497,10 @@ def _alternatives(rule: _RawRule, params, library: Library, sources: _Sources, d
                 bodies = [b + [el] for b in bodies]
         expanded.extend((alt, tuple(b)) for b in bodies)
 
+    out_of_range = False
     for alt in rule.alts:
         if alt.prob is not None and not (0 <= alt.prob <= 1):
+            out_of_range = True
             diags.append(sources.diag(alt.span, "bad-probability", f"probability {alt.prob:g} is outside [0, 1]"))
     counts = {id(a): sum(1 for x, _ in expanded if x is a) for a in rule.alts}
     given = sum(a.prob for a in rule.alts if a.prob is not None and counts[id(a)])
@@ -470,7 +508,9 @@ def _alternatives(rule: _RawRule, params, library: Library, sources: _Sources, d
     share = (1 - given) / free if free else 0.0
     where = rule.span
     head = rule.head + ("(" + ", ".join(_show_guard(g) for g in rule.guards) + ")" if rule.guards else "")
-    if free == 0 and abs(given - 1) > PROB_TOLERANCE and expanded:
+    if out_of_range:
+        pass  # the sums would only echo it
+    elif free == 0 and abs(given - 1) > PROB_TOLERANCE and expanded:
         diags.append(sources.diag(where, "bad-probability", f'probabilities of "{head}" sum to {given:g}, not 1'))
     elif free and share <= PROB_TOLERANCE:
         diags.append(sources.diag(where, "bad-probability",
@@ -479,7 +519,7 @@ def _alternatives(rule: _RawRule, params, library: Library, sources: _Sources, d
     out = []
     for alt, body in expanded:
         p = alt.prob / counts[id(alt)] if alt.prob is not None else share
-        out.append(Alternative(rule.head, alt.label, body, p, alt.span))
+        out.append(Alternative(rule.head, labels[id(alt)], body, p, alt.span))
     return tuple(out)
 
 
@@ -543,6 +583,8 @@ def read_ein(text: str, path: str = "<string>", library: Library = BUILTIN):
     items = _read_text(text, path, sources, diags)
     every_text = "".join(f"\0{k}\0{v}" if k != path else v for k, v in sources.text.items())
     table = _build(items, path, library, sources, diags, every_text)
+    if table is not None:
+        table.cache["files"] = tuple(sources.text)
     return table, [_with_line(d, sources) for d in diags], sources
 
 
@@ -566,13 +608,32 @@ def _order(d: Diagnostic):
     return (d.span.path, d.span.line, d.span.col, d.code) if d.span else ("", 0, 0, d.code)
 
 
-@lru_cache(maxsize=32)
 def compile_ein(text: str, path: str = "<string>", library: Library = BUILTIN) -> RuleTable:
-    """Compile .ein text to a checked RuleTable, or raise EinCheckError with every error."""
+    """Compile .ein text to a checked RuleTable, or raise EinCheckError with every error.
+
+    Memoised on the text; a table whose included files changed since is compiled afresh."""
+    table = _compile_cached(text, path, library)
+    if any(_stamp(f) != stamp for f, stamp in table.cache.get("includes", {}).items()):
+        _compile_cached.cache_clear()
+        table = _compile_cached(text, path, library)
+    return table
+
+
+@lru_cache(maxsize=32)
+def _compile_cached(text: str, path: str, library: Library) -> RuleTable:
     table, diags, _ = analyse(text, path, library)
     if table is None or any(d.severity == "error" for d in diags):
         raise EinCheckError([d for d in diags if d.severity == "error"])
+    table.cache["includes"] = {f: _stamp(f) for f in table.cache.get("files", ()) if f != path}
     return table
+
+
+def _stamp(path: str) -> tuple | None:
+    try:
+        st = Path(path).stat()
+        return st.st_mtime_ns, st.st_size
+    except (OSError, ValueError):
+        return None
 
 
 def load(path: str | Path, library: Library = BUILTIN) -> RuleTable:

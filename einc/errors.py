@@ -22,6 +22,8 @@ CODES: dict[str, str] = {
     "bad-probability": "a probability outside [0, 1], or alternatives not summing to 1",
     "bad-branches": "a branch block that cannot match the branching factor",
     "bad-start": "a missing or malformed start declaration",
+    "duplicate-label": "two alternatives of one rule have the same label (explicit or implied)",
+    "ambiguous-name": "a name in bracket notation could stand for two different derivations",
     "unreachable": "a nonterminal no derivation from the start symbol can reach",
     "no-finite-derivation": "a nonterminal that can derive no finite tree",
     "guard-coverage": "a reachable nonterminal in a parameter state with no rule",
@@ -29,6 +31,7 @@ CODES: dict[str, str] = {
     "arch-syntax": "an architecture string that does not follow the bracket notation",
     "arch-derivation": "an architecture string that is not a derivation of the grammar",
     "shape": "an operation applied to a feature it does not accept",
+    "input": "an input shape the grammar cannot take (rank, sizes or mode)",
 }
 
 
@@ -125,6 +128,15 @@ class ShapeError(ArchError):
     def __init__(self, message: str, text: str | None = None, line: int = 1, col: int = 0,
                  path: tuple[int, ...] | None = None):
         super().__init__(message, text, line, col, path, code="shape")
+
+
+class InputError(EinError):
+    """An input shape the grammar cannot take: not C,H,W or S,D of positive sizes, or a mode in
+    which the grammar derives nothing. Located at the start declaration when about the mode."""
+
+    def __init__(self, message: str, span: Span | None = None):
+        self.reason, self.span = message, span
+        super().__init__(f"{span}: error: {message}  [input]" if span else f"error: {message}  [input]")
 
 
 class LoweringError(EinError):

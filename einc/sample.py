@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
+from .arch import MAX_NESTING
 from .errors import EinError
 from .ops import Features, NotApplicable, feature_for, mode_of
 from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
@@ -29,6 +30,10 @@ Chooser = Callable[[Sequence[float]], int]
 
 class SamplingError(EinError):
     """No valid derivation was found within the retry budget."""
+
+
+MAX_DEPTH = (MAX_NESTING - 2) // 2
+"""The deepest derivation a budget may allow: its string nests at most 2 * depth + 2 levels."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,11 @@ class Budget:
     max_activations: int = 32_000_000
     max_nodes: int = 2_000
     max_depth: int = 200
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_depth, int) or not 1 <= self.max_depth <= MAX_DEPTH:
+            raise EinError(f"max_depth is 1 to {MAX_DEPTH:,}, not {self.max_depth}: einc.arch parses strings "
+                           f"nested at most {MAX_NESTING:,} deep")
 
     def scaled_left(self, used: "Cost4") -> "Budget":
         return replace(self, max_params=self.max_params - used[0], max_flops=self.max_flops - used[1],
@@ -78,7 +88,9 @@ class Sampler:
         (Hypothesis shrinks choices towards index 0, so trees shrink towards small ones)."""
         self.table = table
         self.small_first = small_first
-        self.input = (feature_for(tuple(input_shape)),)
+        from .checks import check_input
+
+        self.input = (feature_for(check_input(table, input_shape)),)  # a wrong mode is named here
         self.budget = budget
         self.max_backtracks = max_backtracks
         self.max_attempts = max_attempts

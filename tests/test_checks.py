@@ -27,7 +27,7 @@ FIXTURES = sorted(BAD.glob("*.ein"))
 EXPECT = re.compile(r"\b([EW]): (\d+):(\d+) ([a-z][a-z-]*)")
 INCLUDE = re.compile(r'^\s*include\s+"([^"]+)"', re.M)
 # Codes only the architecture parser and shape inference emit, never the .ein compiler.
-NOT_EIN = {"arch-syntax", "arch-derivation", "shape"}
+NOT_EIN = {"arch-syntax", "arch-derivation", "shape", "input"}
 
 
 def expectations(path: Path, seen: set[Path] | None = None) -> set[tuple]:

@@ -170,7 +170,7 @@ REPEAT = """\
 start S(shape=(16, 8))
 S -> M
 M -> relu M @ 0.3
-   | clone(b=2) {b=2: M*} add @ 0.1
+   | branching: clone(b=2) {b=2: M*} add @ 0.1
    | norm @ 0.6
 """
 
