@@ -50,24 +50,25 @@ def _median_ms(fn, reps: int) -> float:
 
 def compile_times(reps: int) -> list[tuple[str, float, float, float, float]]:
     g = einc.load("einspace")
-    rows = []
-    for name, shape in SEEDS.items():
-        text = (ROOT / "examples" / f"{name}.arch").read_text().strip()
+    return [_compile_times(g, name, shape, reps) for name, shape in SEEDS.items()]
 
-        mode = feature_for(shape).mode
 
-        def parse():
-            _parse_cached.cache_clear()
-            return parse_arch(text, g.table, mode)
+def _compile_times(g: einc.Grammar, name: str, shape: tuple[int, ...],
+                   reps: int) -> tuple[str, float, float, float, float]:
+    text = (ROOT / "examples" / f"{name}.arch").read_text().strip()
+    mode = feature_for(shape).mode
 
-        arch = g.architecture(parse(), mode)
-        classes = CLASSES if len(shape) == 3 else None
-        rows.append((name,
-                     _median_ms(parse, reps),
-                     _median_ms(lambda: arch.infer(shape), reps),
-                     _median_ms(lambda: einc.build(arch, shape, num_classes=classes, check=False), reps),
-                     _median_ms(lambda: einc.build(arch, shape, num_classes=classes), reps)))
-    return rows
+    def parse() -> einc.Expansion:
+        _parse_cached.cache_clear()
+        return parse_arch(text, g.table, mode)
+
+    arch = g.architecture(parse(), mode)
+    classes = CLASSES if len(shape) == 3 else None
+    return (name,
+            _median_ms(parse, reps),
+            _median_ms(lambda: arch.infer(shape), reps),
+            _median_ms(lambda: einc.build(arch, shape, num_classes=classes, check=False), reps),
+            _median_ms(lambda: einc.build(arch, shape, num_classes=classes), reps))
 
 
 def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

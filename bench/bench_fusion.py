@@ -5,15 +5,15 @@
     python bench/bench_fusion.py --models vit --samples 50
 
 1. Seeds: forward + backward time (zero_grad, cross-entropy, backward) of ``einc.build``'s
-   network (optimize=True: einc.passes and einc.fusion) over the hand-written one of
+   network (optimize=True: every pass of einc.passes) over the hand-written one of
    bench/handwritten.py (same parameter count), batch 16, input (3, 64, 64), one thread, CPU,
    train mode, runs interleaved (einc, hand, einc, hand, ...) so drift hits both alike; median
    of ``--reps`` runs each after warm-up. Goals: ResNet18 and WRN-16-4 <= 1.02, ViT and
    MLP-Mixer <= 1.05.
 2. Sampled networks: ``--samples`` architectures drawn from einspace (einc.testing.SMALL
    budget, seeds 0, 1, ...) that have a repeated branch block; for each, three builds holding
-   the same weights (einc.fusion.pack_state_dict): unoptimised (optimize=False), einc.passes
-   only, and einc.passes + einc.fusion (optimize=True); batch 8, input (3, 32, 32), runs
+   the same weights (einc.passes.pack_state_dict): unoptimised (optimize=False), the local
+   passes only (einc.passes.LOCAL), and every pass (optimize=True); batch 8, input (3, 32, 32), runs
    interleaved, median of ``--sample-reps`` runs. Prints median and quartiles of the
    speed-ups (time of the slower form / time of the fused one; > 1: fused is faster): over
    the unoptimised build (what optimize=True buys) and over passes only (what fusion adds).
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import einc  # noqa: E402
-from einc.fusion import pack_state_dict  # noqa: E402
 from einc.ops import feature_for  # noqa: E402
+from einc.passes import LOCAL, optimize, pack_state_dict  # noqa: E402
 from einc.sample import Sampler  # noqa: E402
 from einc.testing import SMALL  # noqa: E402
 from einc.tree import Fork, walk  # noqa: E402
@@ -97,7 +97,7 @@ def interleaved_all(models: list[torch.nn.Module], x: torch.Tensor, y: torch.Ten
             _step(m, x, y)
     times: list[list[float]] = [[] for _ in models]
     for _ in range(reps):
-        for m, t in zip(models, times):
+        for m, t in zip(models, times, strict=True):
             t.append(_step(m, x, y))
     return [statistics.median(t) for t in times]
 
@@ -109,14 +109,12 @@ def _quartiles(values: list[float]) -> str:
 
 
 def sampled(count: int, reps: int, batch: int = 8, shape: tuple[int, ...] = (3, 32, 32)) -> None:
-    from einc.passes import optimize
-
     g = einc.load("einspace")
     sampler = Sampler(g.table, shape, SMALL)
     mode = feature_for(shape).mode
     print(f"\n2. fused einc vs unfused on {count} sampled networks with a repeated branch block: "
           f"forward+backward, batch {batch}, input {shape}, median of {reps} interleaved runs", flush=True)
-    ms: list[tuple[float, float, float]] = []  # unoptimised, passes only, fused
+    ms: list[tuple[float, float, float]] = []  # unoptimised, local passes only, fused
     seed = 0
     start = time.perf_counter()
     while len(ms) < count:
@@ -127,7 +125,7 @@ def sampled(count: int, reps: int, batch: int = 8, shape: tuple[int, ...] = (3, 
         arch = g.architecture(tree, mode)
         torch.manual_seed(seed)
         raw = einc.build(arch, shape, num_classes=CLASSES, optimize=False).train()
-        passes = optimize(copy.deepcopy(raw))
+        passes = optimize(copy.deepcopy(raw), passes=LOCAL)
         fused = einc.build(arch, shape, num_classes=CLASSES, check=False).train()
         fused.load_state_dict(pack_state_dict(raw.state_dict(), fused))
         x = torch.randn(batch, *shape)
@@ -136,8 +134,8 @@ def sampled(count: int, reps: int, batch: int = 8, shape: tuple[int, ...] = (3, 
         if len(ms) % 50 == 0:
             print(f"  {len(ms)} networks, {time.perf_counter() - start:.0f} s", flush=True)
     print(f"speed-up over unoptimised (optimize=False): {_quartiles([r / f for r, _, f in ms])}")
-    print(f"speed-up over passes only (fusion's part):  {_quartiles([p / f for _, p, f in ms])}")
-    total = [sum(col) / 1000 for col in zip(*ms)]
+    print(f"speed-up over local passes only (fusion's part):  {_quartiles([p / f for _, p, f in ms])}")
+    total = [sum(col) / 1000 for col in zip(*ms, strict=True)]
     medians = [statistics.median(col) for col in zip(*ms, strict=True)]
     print(f"median step: unoptimised {medians[0]:.2f} ms, passes only {medians[1]:.2f} ms, fused "
           f"{medians[2]:.2f} ms; sum over the networks: {total[0]:.2f} s, {total[1]:.2f} s, {total[2]:.2f} s")

@@ -12,12 +12,12 @@ GraphModule; torch is imported only then.
 
 import importlib as _importlib
 
+from ._version import __version__
 from .api import Architecture, Grammar, build, compile_grammar, load
 from .errors import EinError
 from .sample import Budget
 from .tree import Expansion, Fork, Leaf
 
-__version__ = "0.1.0"
 __all__ = ["Architecture", "Budget", "EinError", "Expansion", "Fork", "Grammar", "Leaf", "__version__", "build",
            "compile_grammar", "load"]
 

@@ -14,6 +14,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .arch import parse, show
 from .ein import compile_ein, load as load_table
@@ -23,6 +24,9 @@ from .infer import Inference, infer
 from .ops import BUILTIN, Library, feature_for
 from .table import RuleTable
 from .tree import Expansion
+
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    import torch.fx as fx
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,17 +122,35 @@ def compile_grammar(text: str, path: str = "<string>", library: Library = BUILTI
 
 
 def build(arch: Architecture, input_shape: tuple[int, ...], num_classes: int | None = None,
-          optimize: bool = True, check: bool = True):
+          optimize: bool = True, check: bool = True, device: str | None = None) -> fx.GraphModule:
     """A torch.fx GraphModule computing ``arch`` on batches of ``input_shape``.
 
-    ``num_classes`` adds the paper's head (B.1): mean over positions, then a linear layer.
-    ``optimize`` applies einc.passes (im2col-linear-col2im becomes Conv2d, ...); ``check``
-    runs a batch of 2 and compares the output shape with shape inference (einc.lower).
+    The stages, in order: the input's mode must be the one ``arch`` was parsed for; einc.lower
+    builds the graph; with ``optimize``, einc.passes rewrites it exactly (im2col-linear-col2im
+    becomes Conv2d, equal branches are batched, ...), choosing where batching pays by the cost
+    model of ``device`` ("cpu", "cuda"; None: cuda if available, as einc.runtime trains); with
+    ``check``, a batch of 2 runs and its output shape is compared with shape inference
+    (einc.verify). ``num_classes`` adds the paper's head (B.1): mean over positions, then a
+    linear layer.
     """
+    from .errors import LoweringError
     from .lower import lower
+    from .meta import INFO
+    from .passes import optimize as run_passes
+    from .verify import check_shapes
 
     if not isinstance(arch, Architecture):
         raise EinError(f"build takes an einc.Architecture, not {type(arch).__name__}"
                        + ("; wrap a sampled tree as grammar.architecture(tree)" if isinstance(arch, Expansion) else ""))
     arch.grammar.check_input(input_shape)
-    return lower(arch, tuple(input_shape), num_classes=num_classes, optimize=optimize, check=check)
+    shape = tuple(input_shape)
+    mode = feature_for(shape).mode
+    if mode != arch.mode:
+        raise LoweringError(f"the architecture was parsed for {arch.mode} inputs; {shape} is a "
+                            f"{mode} input (parse it with this input shape)")
+    gm = lower(arch.tree, arch.grammar.library, shape, num_classes=num_classes, text=arch.text)
+    if optimize:
+        run_passes(gm, device=device)
+    if check:
+        check_shapes(gm, shape, gm.meta[INFO]["output_shape"])
+    return gm

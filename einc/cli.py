@@ -168,10 +168,10 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
             return
     if not class_name.isidentifier():
         raise click.BadParameter(f'"{class_name}" is not a Python identifier', param_hint="--class-name")
+    from .api import build
     from .emit import emit
-    from .lower import lower
 
-    gm = lower(parsed, shape, num_classes=classes, optimize=not no_optimize)
+    gm = build(parsed, shape, num_classes=classes, optimize=not no_optimize)
     if onnx_path is not None:
         _export_onnx(gm, shape, onnx_path, parsed)
         if output is None:

@@ -77,7 +77,8 @@ def summary(inference: Inference, library: Library, num_classes: int | None = No
     for i, c in enumerate(cells):
         if i == len(cells) - 1:
             lines.append("  ".join("-" * w for w in widths[:5]))
-        lines.append("  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(c, widths, right)).rstrip())
+        row = (v.rjust(w) if r else v.ljust(w) for v, w, r in zip(c, widths, right, strict=True))
+        lines.append("  ".join(row).rstrip())
     return "\n".join(lines)
 
 

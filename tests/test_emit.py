@@ -12,9 +12,9 @@ import torch.fx as fx
 import einc
 from einc.emit import emit, load_source
 from einc.errors import LoweringError
-from einc.lower import assert_same_function
+from einc.verify import assert_same_function
 
-from _builds import SEEDS, grammar, one_thread, optimised, seed, seed_text  # noqa: F401 (one_thread: autouse)
+from _builds import SEEDS, grammar, one_thread, optimised, seed, seed_text, unoptimised  # noqa: F401 (autouse)
 
 ALLOWED_IMPORTS = {"torch", "torch.nn", "torch.nn.functional", "einops"}
 
@@ -84,7 +84,8 @@ def test_module_constructors_are_readable():
     assert "self.linear_0 = nn.Linear(48, 512)" in vit
     assert "self.pos_0 = nn.Parameter(torch.randn(1, 256, 512) * 0.02)" in vit
     assert "nn.LayerNorm(512)" in vit
-    assert "mul = matmul * 0.125" in vit  # scaled matmul: 1/sqrt(64)
+    assert "F.scaled_dot_product_attention(q, k, v, scale=0.125)" in vit  # scaled: 1/sqrt(64)
+    assert "mul = matmul * 0.125" in emit(unoptimised("vit"))  # as lowered
 
 
 def test_forward_is_one_statement_per_node_with_valid_fresh_names():

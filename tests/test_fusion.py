@@ -1,9 +1,9 @@
-"""Fusion is exact: fused and unfused networks compute the same function with the same weights."""
+"""The fusions (horizontal, CSE, merged linears, attention) are exact: fused and unfused networks
+compute the same function with the same weights, and state dicts convert both ways."""
 
 from __future__ import annotations
 
 import copy
-import random
 
 import pytest
 import torch
@@ -13,59 +13,26 @@ import torch.nn.functional as F
 
 import einc
 from einc.emit import emit, load_source
-from einc.fusion import (batch_branches, dedupe, fuse, fuse_attention, merge_linears, pack_state_dict,
-                         unpack_state_dict)
-from einc.lower import assert_same_function, check_shapes
-from einc.ops import feature_for
-from einc.passes import optimize, order_add_operands
-from einc.sample import Sampler
+from einc.meta import STACKED
+from einc.passes import (CPU, CUDA, LOCAL, batch_branches, cost_model, dedupe, fuse_attention, merge_linears,
+                         optimize, order_add_operands, pack_state_dict, unpack_state_dict)
 from einc.testing import SMALL
-from einc.tree import Fork, walk
+from einc.verify import assert_same_function
 
-from _builds import SEEDS, grammar, one_thread, seed, unoptimised  # noqa: F401 (autouse)
+from _builds import (SEEDS, check, check_sampled, fused_like, grammar, one_thread, round_trip,  # noqa: F401
+                     same_in_training, same_when_emitted, seed, unoptimised)
 
 IM, COL = (4, 8, 16), (6, 8)
 FOUR = ["resnet18", "wrn16_4", "vit", "mixer"]
 
 
-def _raw(text: str, shape: tuple[int, ...], **kw) -> fx.GraphModule:
-    return einc.build(grammar().parse(text, shape), shape, optimize=False, **kw)
+def _raw(text: str, shape: tuple[int, ...]) -> fx.GraphModule:
+    return einc.build(grammar().parse(text, shape), shape, optimize=False)
 
 
-def _fused_like(raw: fx.GraphModule, arch: einc.Architecture, shape, **kw) -> fx.GraphModule:
-    """A fresh optimised build (its own random weights) loaded with ``raw``'s weights."""
-    gm = einc.build(arch, shape, **kw)
-    gm.load_state_dict(pack_state_dict(raw.state_dict(), gm))
-    return gm
-
-
-def _round_trip(raw: fx.GraphModule, gm: fx.GraphModule) -> None:
-    back = unpack_state_dict(gm.state_dict(), gm)
-    want = raw.state_dict()
-    assert list(back) == list(want)
-    for k, v in want.items():
-        assert torch.equal(back[k], v), k
-
-
-def _same_in_training(raw: fx.GraphModule, gm: fx.GraphModule, shape, batch: int = 2) -> None:
-    """Train mode (BatchNorm on batch statistics), float64: same output, same gradients."""
-    raw, gm = copy.deepcopy(raw).double().train(), copy.deepcopy(gm).double().train()
-    x = torch.randn(batch, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    outs = []
-    for m in (raw, gm):
-        y = m(x)
-        if not y.requires_grad:  # no parameter on the way
-            return
-        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
-        outs.append(y)
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-7, atol=1e-9)
-    grads = unpack_state_dict({k: p.grad for k, p in gm.named_parameters()}, gm)
-    # tolerance relative to the largest gradient: BatchNorm on a batch of 2 makes some of 1e4,
-    # and a bias before a BatchNorm has gradient 0 up to rounding noise
-    scale = max(p.grad.abs().max().item() for p in raw.parameters())
-    for k, p in raw.named_parameters():
-        torch.testing.assert_close(grads[k], p.grad, rtol=1e-6, atol=1e-7 * scale + 1e-12,
-                                   msg=lambda m, k=k: f"{k}: {m}")
+def _local(raw: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``raw`` after the local passes (those before the fusions in the pipeline)."""
+    return optimize(copy.deepcopy(raw), cost=CPU, passes=LOCAL)
 
 
 def _calls(gm: fx.GraphModule, target) -> int:
@@ -78,34 +45,34 @@ def _calls(gm: fx.GraphModule, target) -> int:
 @pytest.mark.parametrize("name", FOUR)
 def test_fused_seed_is_the_same_function(name):
     raw, shape = unoptimised(name), SEEDS[name]
-    gm = _fused_like(raw, seed(name), shape)
-    check_shapes(gm, seed(name), shape)
+    gm = fused_like(raw, seed(name), shape)
+    check(gm, seed(name), shape)
     assert sum(p.numel() for p in gm.parameters()) == seed(name).infer(shape).params
     assert_same_function(raw, gm, shape)
-    _round_trip(raw, gm)
+    round_trip(raw, gm)
 
 
 def test_vit_heads_become_one_linear_and_attention():
-    gm = _fused_like(unoptimised("vit"), seed("vit"), SEEDS["vit"])
+    gm = fused_like(unoptimised("vit"), seed("vit"), SEEDS["vit"])
     linears = [m for m in gm.modules() if isinstance(m, nn.Linear)]
     assert sum((m.in_features, m.out_features) == (512, 768) for m in linears) == 4  # Q, K, V of 4 heads
     assert not any(m.out_features == 64 for m in linears)
     assert _calls(gm, F.scaled_dot_product_attention) == 4
     assert _calls(gm, torch.matmul) == _calls(gm, torch.softmax) == 0
-    _same_in_training(unoptimised("vit"), gm, SEEDS["vit"])
+    same_in_training(unoptimised("vit"), gm, SEEDS["vit"])
     source = emit(gm)
     assert "self.linear_1 = nn.Linear(512, 768)" in source
     assert "F.scaled_dot_product_attention(" in source and "scale=0.125" in source
 
 
 def test_resnet_trains_the_same_fused():
-    gm = _fused_like(unoptimised("resnet18"), seed("resnet18"), SEEDS["resnet18"])
-    _same_in_training(unoptimised("resnet18"), gm, SEEDS["resnet18"])
+    gm = fused_like(unoptimised("resnet18"), seed("resnet18"), SEEDS["resnet18"])
+    same_in_training(unoptimised("resnet18"), gm, SEEDS["resnet18"])
 
 
 @pytest.mark.parametrize("name", ["vit", "resnet18"])
 def test_emitted_fused_seed_is_the_same_module(name):
-    gm = einc.build(seed(name), SEEDS[name], num_classes=10)
+    gm = einc.build(seed(name), SEEDS[name], num_classes=10, device="cpu")
     source = emit(gm)
     net = load_source(source, name)["Net"]()
     net.load_state_dict(gm.state_dict())
@@ -114,7 +81,7 @@ def test_emitted_fused_seed_is_the_same_module(name):
 
 
 def test_mixer_residual_sum_keeps_the_contiguous_layout():
-    gm = optimize(copy.deepcopy(unoptimised("mixer")))
+    gm = optimize(copy.deepcopy(unoptimised("mixer")), device="cpu")
     assert order_add_operands(gm) == 0  # already done by optimize: 8 token-mixing sums reordered
     raw = copy.deepcopy(unoptimised("mixer"))
     assert order_add_operands(raw) == 8
@@ -145,16 +112,21 @@ def test_mixer_residual_sum_keeps_the_contiguous_layout():
 ], ids=range(12))
 def test_equal_branches_are_batched_exactly(text, shape):
     raw = _raw(text, shape)
-    gm = optimize(copy.deepcopy(raw))
-    assert batch_branches(gm) == 1
+    gm = _local(raw)
+    assert batch_branches(gm, CPU) == 1
     assert_same_function(raw, gm, shape)
-    fuse(gm)
+    optimize(gm, device="cpu")
     assert_same_function(raw, gm, shape)
-    _same_in_training(raw, gm, shape)
-    _round_trip(raw, gm)
-    net = load_source(emit(gm))["Net"]()
-    net.load_state_dict(gm.state_dict())
-    assert_same_function(gm, net, shape, double=False, rtol=1e-5, atol=1e-6)
+    same_in_training(raw, gm, shape)
+    round_trip(raw, gm)
+    same_when_emitted(gm, shape)
+
+
+def _grouped(b: int, d: int, dim: int = 1) -> str:
+    """group-dim(b) -> [conv(d)]*b -> concat over channels (the grammar writes b = 2 as a pair)."""
+    conv = f"routing(im2col(k=3, s=1, p=1), linear(d={d}), col2im)"
+    branches = f"[{conv}, {conv}]" if b == 2 else f"[{conv}]*{b}"
+    return f"branching(group-dim(dim={dim}, b={b}), {branches}, concat(dim=1, b={b}))"
 
 
 @pytest.mark.parametrize("text, shape", [
@@ -162,15 +134,44 @@ def test_equal_branches_are_batched_exactly(text, shape):
     ("branching(clone(b=2), [relu, identity], add)", IM),                                  # different ops
     ("branching(clone(b=2), [relu, relu], matmul(scaled=false))", (6, 6)),                # not add / concat
     ("branching(clone(b=4), [identity]*4, concat(dim=1, b=4))", IM),                      # nothing per branch
-    # a convolution per split piece would be a grouped convolution: slower on CPU, left alone
-    ("branching(group-dim(dim=1, b=2), [routing(im2col(k=3, s=1, p=1), linear(d=16), col2im),"
-     " routing(im2col(k=3, s=1, p=1), linear(d=16), col2im)], concat(dim=1, b=2))", IM),
+    # large convolutions per split piece: as one grouped convolution, slower on CPU; left alone
+    (_grouped(2, 32), (64, 32, 32)),
 ], ids=range(5))
 def test_other_blocks_are_left_alone(text, shape):
     raw = _raw(text, shape)
-    gm = optimize(copy.deepcopy(raw))
-    assert batch_branches(gm) == 0
+    gm = _local(raw)
+    assert batch_branches(gm, CPU) == 0
     assert_same_function(raw, gm, shape)
+
+
+@pytest.mark.parametrize("b, dim", [(8, 1), (4, 2), (2, 3)])
+def test_convolutions_of_split_pieces_become_one_grouped_convolution(b, dim):
+    """group-dim(b) -> [conv]*b -> concat (the ConvMixer-style block): one Conv2d(groups=b)."""
+    shape = (16, 8, 8)
+    raw = _raw(_grouped(b, 16, dim), shape)
+    gm = optimize(copy.deepcopy(raw), device="cpu")
+    (conv,) = [m for m in gm.modules() if isinstance(m, nn.Conv2d)]
+    assert conv.groups == b and (conv.in_channels, conv.out_channels) == (16 if dim == 1 else 16 * b, 16 * b)
+    if dim == 1:  # the channels split: nothing around the convolution
+        assert _calls(gm, torch.chunk) == _calls(gm, torch.cat) == 0
+        assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
+    assert_same_function(raw, gm, shape)
+    same_in_training(raw, gm, shape)
+    round_trip(raw, gm)
+    same_when_emitted(gm, shape)
+    assert f"groups={b}" in emit(gm)
+
+
+def test_the_cost_model_chooses_per_device():
+    raw = _raw(_grouped(2, 32), (64, 32, 32))
+    shape = (64, 32, 32)
+    assert batch_branches(_local(raw), CPU) == 0  # one grouped convolution would be slower
+    gm = optimize(copy.deepcopy(raw), cost=CUDA)
+    (conv,) = [m for m in gm.modules() if isinstance(m, nn.Conv2d)]
+    assert conv.groups == 2
+    assert_same_function(raw, gm, shape)  # exact whatever the device: only the form differs
+    assert cost_model("cuda:1") is CUDA and cost_model("cpu") is CPU
+    assert cost_model() is (CUDA if torch.cuda.is_available() else CPU)
 
 
 def test_a_weight_used_twice_is_not_stacked():
@@ -179,13 +180,13 @@ def test_a_weight_used_twice_is_not_stacked():
     second = [n for n in gm.graph.nodes if n.op == "call_module"][1]
     second.target = "linear_0"  # both branches now call one module
     gm.recompile()
-    assert batch_branches(gm) == 0
+    assert batch_branches(gm, CPU) == 0
 
 
 def test_batched_block_names_follow_the_first_branch():
     text = "branching(clone(b=4), [sequential(linear(d=16), norm, linear(d=32))]*4, concat(dim=2, b=4))"
     raw = _raw(text, COL)
-    gm = fuse(optimize(copy.deepcopy(raw)))
+    gm = optimize(copy.deepcopy(raw), device="cpu")
     assert gm.linear_0.weight.shape == (64, 8)  # four Linear(8, 16) side by side
     assert gm.norm_0_weight.shape == (4, 1, 16) and gm.linear_1_weight.shape == (4, 32, 16)
     assert set(gm.meta["einc"]["init"]) >= {"norm_0_weight", "linear_1_weight", "linear_1_bias"}
@@ -197,7 +198,7 @@ def test_batched_block_names_follow_the_first_branch():
 
 def test_attention_head_becomes_sdpa_with_one_qkv_linear():
     raw = unoptimised("attention_head")
-    gm = _fused_like(raw, seed("attention_head"), SEEDS["attention_head"])
+    gm = fused_like(raw, seed("attention_head"), SEEDS["attention_head"])
     assert _calls(gm, F.scaled_dot_product_attention) == 1
     assert [(m.in_features, m.out_features) for m in gm.modules() if isinstance(m, nn.Linear)] == [(512, 192)]
     assert_same_function(raw, gm, SEEDS["attention_head"])
@@ -208,7 +209,7 @@ def test_unscaled_attention_uses_scale_one():
             " routing(identity, linear(d=16), permute(o=(2, 1)))], matmul(scaled=false)), softmax),"
             " linear(d=16)], matmul(scaled=false))")
     raw = _raw(text, COL)
-    gm = fuse(optimize(copy.deepcopy(raw)))
+    gm = optimize(copy.deepcopy(raw), device="cpu")
     (sdpa,) = [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention]
     assert sdpa.kwargs["scale"] == 1.0
     assert_same_function(raw, gm, COL)
@@ -226,8 +227,8 @@ _QK = ("branching(clone(b=2), [linear(d=16), routing(identity, linear(d=16), per
 def test_what_is_not_attention_stays(middle):
     text = f"branching(clone(b=2), [sequential({_QK}, {middle}), linear(d=16)], matmul(scaled=false))"
     raw = _raw(text, COL)
-    gm = optimize(copy.deepcopy(raw))
-    assert fuse_attention(gm) == 0
+    gm = _local(raw)
+    assert fuse_attention(gm, CPU) == 0
     assert_same_function(raw, gm, COL)
 
 
@@ -237,26 +238,26 @@ def test_softmax_over_another_dim_is_not_attention():
     s = g.call_function(torch.matmul, (q, g.call_method("transpose", (k, -2, -1))))
     p = g.call_function(torch.softmax, (s,), {"dim": 1})
     g.output(g.call_function(torch.matmul, (p, v)))
-    for n, shape in zip((q, k, v), [(3, 5, 4), (3, 6, 4), (3, 6, 2)]):
-        n.meta["einc_stacked"] = (shape[0], shape[1:])
+    for n, shape in zip((q, k, v), [(3, 5, 4), (3, 6, 4), (3, 6, 2)], strict=True):
+        n.meta[STACKED] = (shape[0], shape[1:])
     gm = fx.GraphModule(nn.Module(), g)
-    assert fuse_attention(gm) == 0
+    assert fuse_attention(gm, CPU) == 0
 
 
 def test_linears_on_one_input_merge_and_split():
     text = "branching(clone(b=2), [linear(d=16), sequential(linear(d=32), relu)], concat(dim=2, b=2))"
     raw = _raw(text, COL)
-    gm = optimize(copy.deepcopy(raw))
-    assert merge_linears(gm) == 1
+    gm = _local(raw)
+    assert merge_linears(gm, CPU) == 1
     assert (gm.linear_0.in_features, gm.linear_0.out_features) == (8, 48)
     assert_same_function(raw, gm, COL)
-    _round_trip(raw, gm)
+    round_trip(raw, gm)
 
 
 def test_dedupe_computes_a_repeated_op_once():
     raw = _raw("branching(clone(b=2), [softmax, softmax], matmul(scaled=false))", (6, 6))
     gm = copy.deepcopy(raw)
-    assert dedupe(gm) == 1 and _calls(gm, torch.softmax) == 1
+    assert dedupe(gm, CPU) == 1 and _calls(gm, torch.softmax) == 1
     assert_same_function(raw, gm, (6, 6))
 
 
@@ -265,10 +266,10 @@ def test_dedupe_computes_a_repeated_op_once():
 
 def test_state_dicts_convert_both_ways():
     raw = unoptimised("resnet18")
-    gm = einc.build(seed("resnet18"), SEEDS["resnet18"])
+    gm = einc.build(seed("resnet18"), SEEDS["resnet18"], device="cpu")
     assert set(gm.state_dict()) != set(raw.state_dict())
     gm.load_state_dict(pack_state_dict(raw.state_dict(), gm))
-    _round_trip(raw, gm)
+    round_trip(raw, gm)
     other = copy.deepcopy(raw)
     for p in other.parameters():
         p.data.normal_()
@@ -279,7 +280,7 @@ def test_state_dicts_convert_both_ways():
 def test_a_wrong_state_dict_is_refused():
     from einc.errors import LoweringError
 
-    gm = einc.build(seed("vit"), SEEDS["vit"])
+    gm = einc.build(seed("vit"), SEEDS["vit"], device="cpu")
     with pytest.raises(LoweringError, match='entry "linear_1.weight" has shape'):
         pack_state_dict(unoptimised("mixer").state_dict(), gm)
 
@@ -287,33 +288,7 @@ def test_a_wrong_state_dict_is_refused():
 # ---------------------------------------------------------------- sampled networks
 
 
-def _repeated(tree) -> bool:
-    return any(isinstance(f, Fork) and (f.repeated or len(set(f.children)) == 1) for _, f in walk(tree))
-
-
 @pytest.mark.parametrize("shape", [(3, 16, 16), (4, 12, 8), (8, 16)], ids=str)
-def test_sampled_networks_fuse_exactly(shape):
-    """Networks with equal branches, sampled: fused (weights packed) equals unfused, in float64."""
-    sampler = Sampler(grammar().table, shape, SMALL)
-    mode = feature_for(shape).mode
-    done = batched = i = 0
-    while done < 25:
-        tree = sampler.sample(random.Random(1000 + i))
-        i += 1
-        if not _repeated(tree):
-            continue
-        arch = grammar().architecture(tree, mode)
-        torch.manual_seed(i)
-        raw = einc.build(arch, shape, optimize=False, check=False, num_classes=3 if i % 3 == 0 else None)
-        gm = einc.build(arch, shape, num_classes=3 if i % 3 == 0 else None)
-        gm.load_state_dict(pack_state_dict(raw.state_dict(), gm))
-        assert_same_function(raw, gm, shape, rtol=1e-6, atol=1e-7)
-        _round_trip(raw, gm)
-        if done % 5 == 0:
-            _same_in_training(raw, gm, shape)
-            net = load_source(emit(gm))["Net"]()
-            net.load_state_dict(gm.state_dict())
-            assert_same_function(gm, net, shape, double=False, rtol=1e-5, atol=1e-6)
-        batched += any(n.meta.get("einc_batched") for n in gm.graph.nodes)
-        done += 1
-    assert batched >= 15  # most repeated blocks batch
+def test_sampled_networks_with_equal_branches_are_exact(shape):
+    """Networks with equal branches, sampled (small budget): optimised equals unoptimised."""
+    assert check_sampled(shape, 25, first_seed=1000, budget=SMALL, equal_branches_only=True) >= 15

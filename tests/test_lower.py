@@ -8,12 +8,13 @@ import torch.nn as nn
 
 import einc
 from einc.errors import LoweringError
-from einc.lower import check_shapes, lower_tree
+from einc.lower import lower
+from einc.meta import BRANCH, PATH
 from einc.ops import BUILTIN, Op
 from einc.ops.base import single
 from einc.tree import Expansion, Leaf, walk
 
-from _builds import SEEDS, grammar, one_thread, seed, unoptimised  # noqa: F401 (autouse)
+from _builds import SEEDS, check, grammar, one_thread, seed, unoptimised  # noqa: F401 (autouse)
 
 IM, COL = (4, 8, 16), (6, 8)
 
@@ -64,7 +65,7 @@ def test_real_shape_is_inferred_shape(text, shape, optimize):
     arch = grammar().parse(text, shape)
     gm = einc.build(arch, shape, optimize=optimize, check=False)
     gm.graph.lint()
-    check_shapes(gm, arch, shape)
+    check(gm, arch, shape)
     assert sum(p.numel() for p in gm.parameters()) == arch.infer(shape).params
     gm.train()  # and in training mode, with gradients everywhere
     x = torch.randn(2, *shape, requires_grad=True)
@@ -76,7 +77,7 @@ def test_real_shape_is_inferred_shape(text, shape, optimize):
 def test_seed_builds_with_exact_shape_and_parameters(name):
     gm = unoptimised(name)
     gm.graph.lint()
-    check_shapes(gm, seed(name), SEEDS[name])
+    check(gm, seed(name), SEEDS[name])
     assert sum(p.numel() for p in gm.parameters()) == seed(name).infer(SEEDS[name]).params
 
 
@@ -95,7 +96,7 @@ def test_names_are_flat_readable_and_in_order():
 def test_head_pools_positions_then_classifies(text, shape, width):
     arch = grammar().parse(text, shape)
     gm = einc.build(arch, shape, num_classes=7, optimize=False)
-    check_shapes(gm, arch, shape)
+    check(gm, arch, shape)
     assert isinstance(gm.head, nn.Linear) and (gm.head.in_features, gm.head.out_features) == (width, 7)
     assert sum(p.numel() for p in gm.parameters()) == arch.infer(shape).params + width * 7 + 7
     x = torch.randn(2, *shape)
@@ -143,10 +144,10 @@ def test_a_failing_hook_is_a_lowering_error_with_the_node_path():
                           Op("mute", "computation", (), _same)])
     tree = Expansion("S", "sequential", (Leaf("relu"), Expansion("M", None, (Leaf("boom"),))))
     with pytest.raises(LoweringError, match=r'lowering "boom" failed: RuntimeError: kaboom \(at node /1/0\)'):
-        lower_tree(tree, lib, IM)
+        lower(tree, lib, IM)
     tree = Expansion("S", "sequential", (Leaf("relu"), Leaf("mute")))
     with pytest.raises(LoweringError, match=r'operation "mute" has no torch lowering \(at node /1\)'):
-        lower_tree(tree, lib, IM)
+        lower(tree, lib, IM)
 
 
 def test_a_bad_shape_is_reported_before_lowering():
@@ -163,6 +164,26 @@ def test_a_wrong_check_is_caught():
     other = grammar().parse("sequential(relu, linear(d=32))", IM)
     message = r"output has shape \(2, 4, 8, 16\); shape inference says \(2, 4, 8, 32\)"
     with pytest.raises(LoweringError, match=message):
-        check_shapes(gm, other, IM)
+        check(gm, other, IM)
     with pytest.raises(LoweringError, match="parsed for Im inputs"):
         einc.build(arch, COL)
+
+
+def test_lower_runs_no_pass_and_records_the_inferred_output():
+    arch = grammar().parse("routing(im2col(k=3, s=1, p=1), linear(d=16), col2im)", IM)
+    gm = lower(arch.tree, grammar().library, IM, num_classes=5)
+    assert not any(isinstance(m, nn.Conv2d) for m in gm.modules())
+    assert gm.meta["einc"]["output_shape"] == (5,) and gm.meta["einc"]["arch"] == arch.text
+
+
+def test_copies_of_a_repeated_fork_are_tagged_apart():
+    text = "branching(group-dim(dim=1, b=4), [sequential(linear(d=16), norm)]*4, concat(dim=1, b=4))"
+    gm = einc.build(grammar().parse(text, IM), IM, optimize=False)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    fork = (1,)  # the fork is the branching expansion's second child
+    for i in range(4):
+        linear, norm = nodes[f"linear_{i}"], nodes[f"norm_{i}"]
+        assert linear.meta[PATH] == nodes["linear_0"].meta[PATH]  # one subtree for every copy
+        assert linear.meta[BRANCH] == norm.meta[BRANCH] == ((fork, i),)
+        assert linear.args[0].meta[BRANCH] == ((fork, i),)  # the group-dim's piece i is copy i's
+    assert nodes["chunk"].meta[BRANCH] == nodes["cat"].meta[BRANCH] == ()

@@ -240,14 +240,8 @@ def test_hypothesis_strategy_draws_valid_architectures(arch):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_samples_build_and_run_with_the_inferred_output_shape(shape):
-    """A reduced count of the 10,000 / 2,000-sample verification (`einc sample --verify`)."""
-    import torch
+    """A reduced count of the 10,000 / 2,000-sample verification (`einc sample --verify`), with the
+    sampled-differential check of tests/_builds.py (optimised equals unoptimised)."""
+    from _builds import check_sampled  # torch only here
 
-    from einc.cli import _verify
-
-    torch.set_num_threads(1)
-    s = Sampler(G.table, shape)
-    rng = random.Random(17)
-    for _ in range(60):
-        tree = s.sample(rng)
-        assert _verify(G.architecture(tree), shape, infer(tree, G.library, shape)) is None, show(tree)
+    check_sampled(shape, 60, first_seed=17, every=20)

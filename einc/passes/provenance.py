@@ -1,7 +1,7 @@
-"""State-dict re-packing: how every tensor of a rewritten network is made of the lowered one's.
+"""Weight provenance: how every state-dict entry of an optimised network is made of the lowered one's.
 
-A pass that replaces weights (einc.passes: a linear's weight becomes a convolution's;
-einc.fusion: b branches' weights become one stacked weight) records, for each new tensor,
+A pass that replaces weights (conv_fusion: a linear's weight becomes a convolution's;
+horizontal: b branches' weights become one stacked weight) records, for each new tensor,
 a ``Recipe`` over the tensors it replaced. Recipes compose, so after any sequence of passes
 each state-dict entry of the optimised module is a recipe over the entries of the module
 einc.lower built (``optimize=False``). The recipes only move values (reshape, concatenate,
@@ -12,7 +12,7 @@ copy), so both directions are exact:
     >>> fast.load_state_dict(pack_state_dict(raw.state_dict(), fast))
     >>> raw.load_state_dict(unpack_state_dict(fast.state_dict(), fast))
 
-The table lives in ``gm.meta["einc_packing"]`` (``{"keys": [...], "recipes": {...}}``), so it
+The table lives in ``gm.meta[einc.meta.PROVENANCE]`` (``{"keys": [...], "recipes": {...}}``), so it
 follows the module through ``copy.deepcopy``; a module no pass has touched has none and packs
 to itself.
 """
@@ -20,18 +20,18 @@ to itself.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Union
+from typing import Any
 
 import torch
 import torch.fx as fx
 
-from .errors import LoweringError
+from ..errors import LoweringError
+from ..meta import PROVENANCE
 
-__all__ = ["Cat", "Recipe", "Reshape", "Same", "Src", "pack_state_dict", "record", "take",
+__all__ = ["Cat", "Recipe", "Reshape", "Same", "Src", "forget_missing", "pack_state_dict", "record", "take",
            "unpack_state_dict"]
-
-META = "einc_packing"
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ class Src:
 
 @dataclass(frozen=True)
 class Reshape:
-    part: "Recipe"
+    part: Recipe
     shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class Cat:
-    parts: tuple["Recipe", ...]
+    parts: tuple[Recipe, ...]
     dim: int
 
 
@@ -59,10 +59,10 @@ class Same:
     """Copies that stay equal (BatchNorm's ``num_batches_tracked`` of b batched branches):
     packing keeps the first, unpacking gives every part the value."""
 
-    parts: tuple["Recipe", ...]
+    parts: tuple[Recipe, ...]
 
 
-Recipe = Union[Src, Reshape, Cat, Same]
+Recipe = Src | Reshape | Cat | Same
 
 
 def shape_of(r: Recipe) -> tuple[int, ...]:
@@ -78,10 +78,10 @@ def shape_of(r: Recipe) -> tuple[int, ...]:
 # ---------------------------------------------------------------- recording (for passes)
 
 
-def _table(gm: fx.GraphModule) -> dict:
-    table = gm.meta.get(META)
+def _table(gm: fx.GraphModule) -> dict[str, Any]:
+    table: dict[str, Any] | None = gm.meta.get(PROVENANCE)
     if table is None:  # the first rewrite: what is there now is what einc.lower made
-        table = gm.meta[META] = {"keys": list(gm.state_dict(keep_vars=True)), "recipes": {}}
+        table = gm.meta[PROVENANCE] = {"keys": list(gm.state_dict(keep_vars=True)), "recipes": {}}
     return table
 
 
@@ -97,6 +97,14 @@ def take(gm: fx.GraphModule, key: str) -> Recipe:
 def record(gm: fx.GraphModule, key: str, recipe: Recipe) -> None:
     """``gm``'s new entry ``key`` is ``recipe`` (built from ``take``n recipes)."""
     _table(gm)["recipes"][key] = recipe
+
+
+def forget_missing(gm: fx.GraphModule) -> None:
+    """Drop the recipes of entries ``gm`` no longer has (dead code removed them)."""
+    table = gm.meta.get(PROVENANCE)
+    if table is not None:
+        keys = set(gm.state_dict())
+        table["recipes"] = {k: r for k, r in table["recipes"].items() if k in keys}
 
 
 def _entry(gm: fx.GraphModule, key: str) -> torch.Tensor:
@@ -118,7 +126,7 @@ def pack_state_dict(unfused: Mapping[str, torch.Tensor],
     ``unfused`` is a state dict of the same architecture built with ``optimize=False``
     (or an earlier state of ``gm`` itself); the result loads strictly into ``gm``.
     """
-    recipes = gm.meta.get(META, {}).get("recipes", {})
+    recipes = gm.meta.get(PROVENANCE, {}).get("recipes", {})
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, current in gm.state_dict().items():
         r = recipes.get(key) or Src(key, tuple(current.shape))
@@ -149,7 +157,7 @@ def unpack_state_dict(fused: Mapping[str, torch.Tensor],
     ``fused`` is a state dict of ``gm`` (e.g. after training it); the result holds new
     tensors (no storage shared with ``fused``) under the keys einc.lower gives, in its order.
     """
-    table = gm.meta.get(META, {})
+    table = gm.meta.get(PROVENANCE, {})
     recipes = table.get("recipes", {})
     got: dict[str, torch.Tensor] = {}
     for key, value in fused.items():
