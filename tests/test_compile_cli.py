@@ -71,3 +71,32 @@ def test_compile_takes_a_long_architecture_string_directly():
     r = CliRunner().invoke(main, ["compile", text, "--input", "3,16,16", "--summary"])
     assert r.exit_code == 0, r.output
     assert "total" in r.output
+
+
+def test_a_path_that_names_no_regular_file_is_reported_as_a_path(tmp_path):
+    cases = {"examples/resnet19.arch": "no such file", str(tmp_path): "a directory",
+             "/dev/null": "not a regular file", "./relu": "no such file"}
+    for arg, words in cases.items():
+        r = CliRunner().invoke(main, ["compile", arg, "--summary"])
+        assert r.exit_code == 1, (arg, r.output)
+        assert r.stderr.startswith(f"{arg}: error: {words}"), r.stderr
+        assert "Traceback" not in r.output and len(r.stderr.splitlines()) == 1
+
+
+def test_a_file_with_a_byte_order_mark_or_not_utf8_text(tmp_path):
+    bom = tmp_path / "bom.arch"
+    bom.write_bytes(b"\xef\xbb\xbfsequential(relu, norm)\n")
+    r = CliRunner().invoke(main, ["compile", str(bom), "--summary"])
+    assert r.exit_code == 0, r.output
+    binary = tmp_path / "bin.arch"
+    binary.write_bytes(b"\xff\xfe\x00")
+    r = CliRunner().invoke(main, ["compile", str(binary)])
+    assert r.exit_code == 1 and r.stderr == f"{binary}: error: cannot read: not UTF-8 text\n"
+
+
+def test_compile_names_an_input_of_the_wrong_mode(tmp_path):
+    g = tmp_path / "mlp.ein"
+    g.write_text("start S(shape=(16, 64))\nS -> sequential: M M\nM(m=Col) -> linear(d in {16, 32}) | relu\n")
+    r = CliRunner().invoke(main, ["compile", "sequential(relu, relu)", "-g", str(g), "--input", "3,8,8"])
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f"{g}:1:1: error: the grammar starts in mode Col; the input 3,8,8 is Im")

@@ -62,3 +62,34 @@ def test_a_broken_plugin_is_one_located_line(tmp_path):
     bad.write_text("OPS = [\n")
     r = CliRunner().invoke(main, ["check", "einspace", "--plugin", str(bad)])
     assert r.exit_code == 1 and "cannot load plugin: SyntaxError" in r.output and "Traceback" not in r.output
+
+
+def test_sample_names_an_input_of_the_wrong_mode_before_sampling(tmp_path):
+    g = tmp_path / "mlp.ein"
+    g.write_text("start S(shape=(16, 64))\nS -> sequential: M M\nM(m=Col) -> linear(d in {16, 32}) | relu\n")
+    for cmd in ("sample", "stats"):
+        r = CliRunner().invoke(main, [cmd, str(g), "--input", "3,8,8", "-n", "2"])
+        assert r.exit_code == 1
+        assert "the grammar starts in mode Col; the input 3,8,8 is Im" in r.stderr
+        assert "raise the budgets" not in r.output
+
+
+def test_an_unlabelled_alternative_of_several_elements_samples_strings_that_compile(tmp_path):
+    g = tmp_path / "conv.ein"
+    g.write_text("start S(shape=(3, 8, 8))\nS -> sequential: Conv Conv\n"
+                 "Conv -> im2col(k=3, s=1, p=1) linear(d=16) col2im\n")
+    r = CliRunner().invoke(main, ["sample", str(g), "-n", "1"])
+    assert r.exit_code == 0, r.output
+    text = r.output.strip()
+    assert text.startswith("sequential(conv(im2col(k=3, s=1, p=1), linear(d=16), col2im), conv(")
+    r = CliRunner().invoke(main, ["compile", text, "-g", str(g), "--summary"])
+    assert r.exit_code == 0, r.output
+
+
+def test_check_rejects_labels_that_strings_could_not_tell_apart(tmp_path):
+    g = tmp_path / "dup.ein"
+    g.write_text("start S(shape=(3, 8, 8))\nS -> pair: M N | pair: N M\nM -> relu | norm\nN -> linear(d=8)\n")
+    r = CliRunner().invoke(main, ["check", str(g)])
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f'{g}:2:18: error: label "pair" names two alternatives of "S"')
+    assert "[duplicate-label]" in r.stderr
