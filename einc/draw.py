@@ -387,6 +387,14 @@ def draw_tree(tree: Node, library: Library, input_shape: Sequence[int], path: st
         raise DrawError(f"{path}: error: a drawing is written as .svg or .png, not {path.suffix or 'no suffix'}")
     if depth is not None and depth < 0:
         raise DrawError(f"depth {depth}: error: give a depth of 0 or more")
+    try:
+        return _draw(tree, library, input_shape, path, fmt, depth, title)
+    except RecursionError:
+        raise DrawError(f"{path}: error: the tree is too deep to draw; give a --depth") from None
+
+
+def _draw(tree: Node, library: Library, input_shape: Sequence[int], path: Path, fmt: str, depth: int | None,
+          title: str | None) -> Path:
     v = view(tree, library, input_shape, depth)
     canvas = _Canvas()
     fin = v.inputs
