@@ -1,0 +1,400 @@
+"""Evaluate on a Ray cluster: ``RayEvaluator``, the ``Evaluator`` protocol over long-lived Ray actors.
+
+::
+
+    with RayEvaluator(workers=8, address="HEAD:6379", gpus_per_eval=0.5, retries=1) as ev:
+        summary = run_search(config, out, evaluator=ev)
+
+Design (measured on a 2-core machine with Ray 2.60; see README "Many GPUs, many machines"):
+
+* **Actors, not tasks.** A remote function with ``num_gpus > 0`` gets ``max_calls=1``: every GPU
+  task starts a fresh worker process (import torch, CUDA context, data to the device), about
+  5 s per task here against 1 ms for a call to a live actor. So the evaluator keeps one actor per
+  worker slot (``num_gpus=gpus_per_eval``) for the whole search and does the retries itself.
+* **Data and grammar go to the cluster once.** The driver loads the dataset and compiles the
+  grammar (plugins included: their functions are pickled by value, so no shared filesystem is
+  needed) and ``ray.put``s each once; a job carries references nested in a ``_Shared`` marker, so
+  Ray does not resolve them per call, and each actor resolves each reference once and keeps the
+  object (its tensors on the device are then cached across jobs too).
+* **Faults.** An actor (or its node) that dies mid-evaluation is replaced and the job resubmitted,
+  up to ``retries`` times; then it is a failed ``Outcome`` ("WorkerDied: ..."). A job that fails in
+  a live actor (exception, NaN, GPU out of memory) is a failed ``Outcome`` at once, and that actor
+  is replaced, as ``LocalEvaluator`` replaces its worker process. ``time_limit`` kills the actor.
+  GPU fractions are admission control only: each actor caps its share of the GPU's memory at
+  ``gpus_per_eval``, so a greedy candidate fails with ``OutOfMemory`` instead of its neighbours.
+* **Ownership.** ``close()`` kills every actor (cancelling what runs on them) and disconnects; the
+  Ray runtime is shut down only when this evaluator started it (``address="local"`` with no Ray
+  running in this process). A cluster it joined keeps running; a runtime already initialised in
+  this process (tests, notebooks) is used as is and left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .evaluate import EvaluatorError, Job, Outcome, _call, _reason
+
+INSTALL_HINT = "einc search --ray needs Ray: pip install 'einc[ray]'"
+START_TIMEOUT = 600.0
+"""Seconds jobs may wait while no actor at all can start (the cluster lacks the resources) before they fail."""
+
+
+class RayMissing(EvaluatorError):
+    """Ray is not installed."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayMissing(INSTALL_HINT) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """An object put in the object store once; actors resolve it once and keep it."""
+
+    ref: Any
+
+
+# --------------------------------------------------------------------------- the actor
+
+
+class _Worker:
+    """One evaluation slot: a long-lived process that runs jobs one at a time."""
+
+    def __init__(self, name: str, threads: int, memory_fraction: float) -> None:
+        os.environ["EINC_WORKER"] = name  # not a digit: Ray already picked this actor's GPU
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        # zero-copy arrays from the object store are read-only; jobs never write to their data
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        import torch
+
+        torch.set_num_threads(threads)
+        import einc.runtime.candidate  # noqa: F401  imports now, not in the first job
+        import einc.runtime.train as train
+
+        if memory_fraction < 1 and torch.cuda.is_available():
+            train.limit_memory(memory_fraction, "cuda")
+        self._objects: dict[str, Any] = {}
+
+    def ready(self) -> tuple[str, str, int]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return ctx.get_node_id(), ray.util.get_node_ip_address(), os.getpid()
+
+    def run(self, fn, kwargs: dict[str, Any]):
+        kwargs = {k: self._resolve(v) if isinstance(v, _Shared) else v for k, v in kwargs.items()}
+        return _call(fn, kwargs)
+
+    def _resolve(self, shared: _Shared) -> Any:
+        import ray
+
+        key = shared.ref.hex()
+        if key not in self._objects:
+            self._objects[key] = ray.get(shared.ref)
+        return self._objects[key]
+
+
+# --------------------------------------------------------------------------- the driver side
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    actor: Any = None
+    ready: Any = None             # ObjectRef of actor.ready() while the actor starts
+    since: float = 0.0            # monotonic time the actor was asked for
+    name: str = ""
+    job: Job | None = None
+    attempt: int = 0
+    ref: Any = None               # ObjectRef of the running job
+    started: float = 0.0
+    wall: float = 0.0
+    failures: int = 0             # consecutive actor start failures
+    pid: int | None = None        # the actor's process, once started
+
+
+class RayEvaluator:
+    """``workers`` long-lived Ray actors, each evaluating one job at a time.
+
+    ``address``: "local" (or None) starts a Ray runtime on this machine unless one is already
+    initialised in this process; "HOST:PORT" (or "auto") joins a running cluster.
+    ``gpus_per_eval``: GPUs reserved per actor, fractions allowed; None: 1 when the cluster has
+    GPUs, else 0 (and jobs without an explicit device then train on the CPU).
+    ``cpus_per_eval``: CPUs reserved per actor (its torch threads); None: 1 with GPUs, else the
+    cluster's CPUs shared among the workers (at most one node's). ``retries``: resubmissions of a
+    job whose actor or node died. ``time_limit``: seconds from dispatch before the actor is killed.
+    """
+
+    def __init__(self, workers: int = 1, *, address: str | None = "local", gpus_per_eval: float | None = None,
+                 cpus_per_eval: float | None = None, retries: int = 1, time_limit: float | None = None,
+                 init_kwargs: dict[str, Any] | None = None):
+        if workers < 1:
+            raise EvaluatorError(f"workers={workers}; at least one worker is needed")
+        if retries < 0:
+            raise EvaluatorError(f"retries={retries}; it must be 0 or more")
+        if time_limit is not None and not time_limit > 0:
+            raise EvaluatorError(f"time_limit={time_limit}; it must be a positive number of seconds")
+        if gpus_per_eval is not None and (gpus_per_eval < 0 or (gpus_per_eval > 1 and gpus_per_eval % 1)):
+            raise EvaluatorError(f"gpus per evaluation {gpus_per_eval:g}: a fraction of one GPU or a whole number")
+        ray = self._ray = import_ray()
+        self.retries, self.time_limit = retries, time_limit
+        self._owns_runtime = self._connected = False
+        if not ray.is_initialized():
+            local = address in (None, "local")
+            kwargs = dict(logging_level=logging.WARNING, log_to_driver=False)
+            kwargs.update(init_kwargs or {})
+            try:
+                ray.init(address=None if local else address, **kwargs)
+            except Exception as e:  # ConnectionError, ValueError, ...: one line, no traceback
+                where = "start a local Ray runtime" if local else f"connect to the Ray cluster at {address}"
+                raise EvaluatorError(f"error: cannot {where}: {_reason(e)}") from None
+            self._owns_runtime, self._connected = local, True
+        try:
+            self._plan(workers, gpus_per_eval, cpus_per_eval)
+        except BaseException:
+            self._disconnect()
+            raise
+        self._queue: deque[tuple[Job, int]] = deque()
+        self._done: deque[Outcome] = deque()
+        self._shared: dict[tuple, _Shared] = {}
+        self._closed = False
+        self._broken = "no reason known"
+        self.resubmitted = 0  # jobs run again after their actor or node died
+        self._slots = [_Slot(i) for i in range(workers)]
+        self._remote = ray.remote(_Worker).options(num_cpus=self.cpus_per_eval, num_gpus=self.gpus_per_eval,
+                                                   max_restarts=0, max_concurrency=1)
+        for slot in self._slots:
+            self._start(slot)
+
+    def _plan(self, workers: int, gpus: float | None, cpus: float | None) -> None:
+        nodes = [n.get("Resources", {}) for n in self._ray.nodes() if n.get("Alive")]
+        node_gpus = max((r.get("GPU", 0.0) for r in nodes), default=0.0)
+        node_cpus = max((r.get("CPU", 0.0) for r in nodes), default=0.0)
+        total_cpus = sum(r.get("CPU", 0.0) for r in nodes)
+        gpus = (1.0 if node_gpus >= 1 else 0.0) if gpus is None else float(gpus)
+        if gpus > node_gpus:
+            raise EvaluatorError(f"error: --gpus-per-eval {gpus:g}, but no node of the Ray cluster has that many "
+                                 f"GPUs (the most on one node: {node_gpus:g}); use --gpus-per-eval 0 to train on CPUs")
+        if cpus is None:
+            cpus = 1.0 if gpus else float(max(1, math.floor(min(node_cpus, total_cpus / workers))))
+        if cpus > node_cpus:
+            raise EvaluatorError(f"error: {cpus:g} CPUs per evaluation, but no node of the Ray cluster has that "
+                                 f"many (the most on one node: {node_cpus:g})")
+        self.gpus_per_eval, self.cpus_per_eval = gpus, cpus
+        self.threads = max(1, int(cpus))
+
+    # ------------------------------------------------------------------ the protocol
+
+    def submit(self, job: Job) -> None:
+        if self._closed:
+            raise EvaluatorError("this evaluator is closed")
+        try:
+            job = Job(job.key, job.fn, self._prepare(job))
+        except Exception as e:  # the data or grammar cannot be loaded here: that job fails, the search goes on
+            now = time.time()
+            self._done.append(Outcome(job.key, "failed", reason=_reason(e), started=now, finished=now))
+            return
+        self._queue.append((job, 0))
+        self._dispatch()
+
+    def results(self) -> Iterator[Outcome]:
+        while True:
+            self._dispatch()
+            if self._done:
+                yield self._done.popleft()
+            elif self._queue or any(s.job is not None for s in self._slots):
+                self._wait()
+            else:
+                return
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._done) + sum(s.job is not None for s in self._slots)
+
+    def close(self) -> None:
+        """Kill every actor (what runs on them ends with them) and let go of Ray; idempotent."""
+        if getattr(self, "_closed", True):
+            self._disconnect()
+            return
+        self._closed = True
+        self._queue.clear()
+        self._done.clear()
+        for slot in self._slots:
+            if slot.ref is not None:
+                with contextlib.suppress(Exception):
+                    self._ray.cancel(slot.ref)
+            self._kill(slot)
+        self._shared.clear()
+        self._disconnect()
+
+    def __enter__(self) -> RayEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _disconnect(self) -> None:
+        if self._connected:
+            self._connected = False
+            with contextlib.suppress(Exception):
+                self._ray.shutdown()  # a local runtime we started stops; a joined cluster keeps running
+
+    def _prepare(self, job: Job) -> dict[str, Any]:
+        """A candidate job's data and grammar as shared objects; other jobs' kwargs unchanged."""
+        from . import candidate
+
+        kwargs = dict(job.kwargs)
+        if job.fn not in (candidate.evaluate, candidate.final_test):
+            return kwargs
+        if isinstance(kwargs.get("data"), str):
+            key = ("data", kwargs["data"], kwargs.get("data_seed", 0))
+            kwargs["data"] = self._put(key, lambda: candidate._dataset(key[1], key[2]))
+        if isinstance(kwargs.get("grammar"), str):
+            key = ("grammar", kwargs["grammar"], tuple(kwargs.get("plugins", ())))
+            kwargs["grammar"] = self._put(key, lambda: candidate._grammar(key[1], key[2]))
+        if not self.gpus_per_eval and kwargs.get("device") is None:
+            kwargs["device"] = "cpu"  # no GPU reserved for this actor: do not crowd onto one anyway
+        return kwargs
+
+    def _put(self, key: tuple, load) -> _Shared:
+        if key not in self._shared:
+            self._shared[key] = _Shared(self._ray.put(load()))
+        return self._shared[key]
+
+    def _start(self, slot: _Slot) -> None:
+        slot.actor = self._remote.remote(f"ray-{slot.index}", self.threads, self.gpus_per_eval or 1.0)
+        slot.ready, slot.since, slot.name = slot.actor.ready.remote(), time.monotonic(), f"ray-{slot.index}"
+
+    def _kill(self, slot: _Slot) -> None:
+        if slot.actor is not None:
+            with contextlib.suppress(Exception):
+                self._ray.kill(slot.actor, no_restart=True)
+        slot.actor = slot.ready = slot.ref = slot.pid = None
+
+    def _replace(self, slot: _Slot) -> None:
+        self._kill(slot)
+        self._start(slot)
+
+    def _dispatch(self) -> None:
+        for slot in self._slots:
+            if slot.job is None and slot.ready is None and slot.actor is not None and self._queue:
+                job, attempt = self._queue.popleft()
+                slot.job, slot.attempt = job, attempt
+                slot.started, slot.wall = time.monotonic(), time.time()
+                slot.ref = slot.actor.run.remote(job.fn, job.kwargs)
+
+    def _wait(self) -> None:
+        """Wait for a job to finish, an actor to start or a deadline; queued jobs never wait forever."""
+        ray = self._ray
+        busy = [s for s in self._slots if s.job is not None]
+        starting = [s for s in self._slots if s.ready is not None]
+        if not busy and not starting:  # every slot is broken: nothing can run what is queued
+            self._fail_queue(f"WorkerDied: no Ray worker could be started ({self._broken})")
+            return
+        deadlines = [s.started + self.time_limit for s in busy] if self.time_limit is not None else []
+        if self._queue and not busy:
+            deadlines.append(min(s.since for s in starting) + START_TIMEOUT)
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        ready, _ = ray.wait([s.ref for s in busy] + [s.ready for s in starting], num_returns=1, timeout=timeout)
+        ready = set(ready)
+        now = time.monotonic()
+        for slot in starting:
+            if slot.ready in ready:
+                self._started(slot)
+        for slot in busy:
+            if slot.ref in ready:
+                self._collect(slot, now)
+            elif self.time_limit is not None and now - slot.started >= self.time_limit:
+                reason = f"Timeout: time limit of {self.time_limit:g}s exceeded; worker killed"
+                self._finish(slot, now, "failed", None, reason, None)
+                self._replace(slot)
+        if self._queue and not busy and not ready and now - min(s.since for s in starting) >= START_TIMEOUT:
+            self._fail_queue(f"WorkerDied: no Ray worker could start within {START_TIMEOUT:g}s (does a node of "
+                             f"the cluster have {self.cpus_per_eval:g} CPUs and {self.gpus_per_eval:g} GPUs free?)")
+
+    def _started(self, slot: _Slot) -> None:
+        try:
+            node, ip, pid = self._ray.get(slot.ready)
+        except Exception as e:  # the actor could not start (or died at once): try again, then give up
+            slot.failures += 1
+            self._kill(slot)
+            if slot.failures < 3:
+                self._start(slot)
+            else:
+                self._broken = f"{_reason(e)}"
+            return
+        slot.ready, slot.failures, slot.pid, slot.name = None, 0, pid, f"ray-{slot.index}@{ip}/{node[:6]}"
+
+    def _collect(self, slot: _Slot, now: float) -> None:
+        ray = self._ray
+        try:
+            status, result, reason, detail = ray.get(slot.ref)
+        except ray.exceptions.RayTaskError as e:  # the actor's own code failed (e.g. unpickling the job)
+            cause = e.cause if isinstance(e.cause, BaseException) else e
+            self._finish(slot, now, "failed", None, f"{_reason(cause)} (in the Ray worker)", str(e))
+            self._replace(slot)
+            return
+        except ray.exceptions.RayError as e:  # the actor, its process or its node died
+            job, attempt = slot.job, slot.attempt
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if attempt < self.retries:
+                slot.job = slot.ref = None
+                self._queue.appendleft((job, attempt + 1))
+                self.resubmitted += 1
+            else:
+                tries = f"; tried {attempt + 1} times" if attempt else ""
+                self._finish(slot, now, "failed", None,
+                             f"WorkerDied: the Ray worker died during the evaluation ({type(e).__name__}: "
+                             f"{first[:300]}){tries}", str(e))
+            self._replace(slot)
+            return
+        self._finish(slot, now, status, result, reason, detail)
+        if status != "ok":
+            self._replace(slot)  # a failure may leave the process damaged (CUDA context, leaked memory)
+
+    def _finish(self, slot: _Slot, now: float, status: str, result: dict[str, Any] | None, reason: str | None,
+                detail: str | None) -> None:
+        assert slot.job is not None
+        self._done.append(Outcome(slot.job.key, status, result, reason, now - slot.started, detail, slot.wall,
+                                  slot.wall + (now - slot.started), slot.name))
+        slot.job = slot.ref = None
+
+    def _fail_queue(self, reason: str) -> None:
+        now = time.time()
+        while self._queue:
+            job, _ = self._queue.popleft()
+            self._done.append(Outcome(job.key, "failed", reason=reason, started=now, finished=now))
+
+
+def search_evaluator(config, out, resume: bool, address: str, gpus_per_eval: float | None = None,
+                     retries: int = 1) -> RayEvaluator:
+    """The evaluator of ``einc search --ray``: sized by the search's settings (the saved ones on resume).
+
+    Ray settings are execution settings, not the search's: they are not saved and are given
+    again with ``--resume``.
+    """
+    from pathlib import Path
+
+    from .search import SearchConfig
+
+    saved = Path(out) / "config.json"
+    if resume and saved.exists():
+        config = SearchConfig.load(saved)
+    return RayEvaluator(config.workers, address=address, gpus_per_eval=gpus_per_eval, retries=retries,
+                        time_limit=config.time_limit)

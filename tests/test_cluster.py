@@ -1,0 +1,182 @@
+"""RayEvaluator and ``einc search --ray`` on a two-node Ray cluster made on this machine (1 CPU per node).
+
+One cluster serves the whole module (starting one costs ~10 s on two cores); each test starts
+its own actors (a few seconds: they import torch). ``ray`` missing is simulated, so that test
+runs without the extra too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import _jobs
+from einc.cli import main
+from einc.runtime.evaluate import EvaluatorError, Job
+
+SEARCH = ["--data", "digits10", "--strategy", "rs", "--epochs", "1", "--batch-size", "64",
+          "--max-params", "20000", "--max-flops", "2000000", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, include_dashboard=False))
+    try:
+        c.add_node(num_cpus=1)
+        ray.init(address=c.address, log_to_driver=False, logging_level=logging.WARNING)
+        c.wait_for_nodes()
+        # tests/ is not on the workers' path: ship these job functions by value
+        ray.cloudpickle.register_pickle_by_value(_jobs)
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def _records(out: Path, kind: str = "eval") -> list[dict]:
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == kind]
+
+
+def test_evaluator_outcomes_failures_and_worker_death(cluster):
+    from einc.runtime.cluster import RayEvaluator
+
+    with RayEvaluator(workers=2, retries=1) as ev:
+        assert (ev.cpus_per_eval, ev.gpus_per_eval) == (1.0, 0.0)
+        for key, fn, kw in [("sq", _jobs.square, {"x": 3}), ("boom", _jobs.boom, {}),
+                            ("kill", _jobs.self_kill, {}), ("np", _jobs.numpy_result, {})]:
+            ev.submit(Job(key, fn, kw))
+        assert ev.pending == 4
+        seen = {}
+        for outcome in ev.results():
+            seen[outcome.key] = outcome
+            if outcome.key == "sq":
+                ev.submit(Job("late", _jobs.square, {"x": 4}))  # submitting while iterating
+        assert ev.pending == 0 and ev.resubmitted == 1
+    assert seen["sq"].ok and seen["sq"].result["y"] == 9 and seen["late"].result["y"] == 16
+    assert seen["np"].result == {"acc": 0.5, "n": 3}
+    assert seen["boom"].reason == "ValueError: bad candidate" and "Traceback" in seen["boom"].detail
+    kill = seen["kill"]  # killed by SIGKILL twice: the first try and its one retry
+    assert kill.status == "failed" and kill.reason.startswith("WorkerDied: the Ray worker died")
+    assert "tried 2 times" in kill.reason
+    assert all(o.worker.startswith("ray-") and o.finished >= o.started > 0 for o in seen.values())
+    # one actor per node: each node has one CPU
+    nodes = {o.worker.split("/")[-1] for o in seen.values() if o.key != "kill"}
+    assert len(nodes) == 2
+    deadline = time.time() + 10  # closing freed the actors' CPUs
+    while ray_cpus() < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert ray_cpus() == 2
+
+
+def ray_cpus() -> float:
+    import ray
+
+    return ray.available_resources().get("CPU", 0.0)
+
+
+def test_impossible_settings_are_one_line(cluster):
+    from einc.runtime.cluster import RayEvaluator
+
+    with pytest.raises(EvaluatorError, match="no node of the Ray cluster has that many GPUs"):
+        RayEvaluator(workers=1, gpus_per_eval=1)
+    with pytest.raises(EvaluatorError, match="fraction of one GPU or a whole number"):
+        RayEvaluator(workers=1, gpus_per_eval=1.5)
+    r = CliRunner().invoke(main, ["search", "--ray", "--gpus-per-eval", "2", "--out", "/nonexistent/x"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and "GPUs" in r.output
+
+
+def test_search_with_ray_workers_then_resume(cluster, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["search", "--ray", "--workers", "2", "--budget", "6", "--out", str(out), *SEARCH])
+    assert r.exit_code == 0, r.output
+    evals = _records(out)
+    assert len(evals) == 6 and all(e["status"] == "ok" for e in evals)
+    assert {e["worker"].split("@")[0] for e in evals} == {"ray-0", "ray-1"}
+    assert len(_records(out, "final")) == 1 and _records(out, "final")[0]["status"] == "ok"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["workers"] == 2 and not {"ray", "ray_address", "gpus_per_eval", "retries"} & set(saved)
+    # execution settings apply on resume too; a finished search has nothing left to train
+    r = CliRunner().invoke(main, ["search", "--ray", "--retries", "0", "--resume", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(_records(out)) == 6
+
+
+def test_a_worker_killed_mid_evaluation_is_retried(cluster, tmp_path):
+    from einc.runtime.cluster import RayEvaluator
+    from einc.runtime.search import SearchConfig, run_search
+
+    config = SearchConfig(data="digits10", strategy="rs", budget=6, workers=2, epochs=3, batch_size=64,
+                          max_params=20_000, max_flops=2_000_000, seed=1)
+    ev = RayEvaluator(workers=2, retries=1)
+    killed = []
+
+    def killer() -> None:  # SIGKILL the first actor seen 0.2 s into an evaluation
+        while not killed:
+            for slot in ev._slots:
+                if slot.job is not None and slot.pid and time.monotonic() - slot.started > 0.2:
+                    os.kill(slot.pid, signal.SIGKILL)
+                    killed.append(slot.job.key)
+                    return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        run_search(config, tmp_path, evaluator=ev)
+    finally:
+        ev.close()
+        killed.append("stop")
+    evals = _records(tmp_path)
+    assert killed[0] != "stop" and ev.resubmitted >= 1
+    assert sorted(e["index"] for e in evals) == list(range(6))
+    assert all(e["status"] == "ok" for e in evals)
+
+
+def test_a_plugin_grammar_travels_without_a_shared_filesystem(cluster, tmp_path):
+    from einc.runtime.candidate import evaluate
+    from einc.runtime.cluster import RayEvaluator
+
+    plugin = tmp_path / "double.py"
+    plugin.write_text("from einc.ops import Op\n\n\ndef _same(features):\n    return features\n\n\n"
+                      "def _lower(ctx, nodes, features):\n    return [ctx.call('torch.mul', nodes[0], 2.0)]\n\n\n"
+                      "OPS = [Op('double', 'computation', (), _same, lower=_lower)]\n")
+    grammar = tmp_path / "g.ein"
+    grammar.write_text("start S(shape=(1, 8, 8))\nS -> sequential: M M\nM -> double | relu | linear(d in {8})\n")
+    train = dict(epochs=1, lr=0.04, weight_decay=3e-4, batch_size=64, seed=0, time_limit=None, amp=None,
+                 graphs=None)
+    with RayEvaluator(workers=1) as ev:
+        ev.submit(Job("0", evaluate, dict(arch="sequential(double, linear(d=8))", grammar=str(grammar),
+                                          plugins=(str(plugin),), data="digits10", data_seed=0, train=train,
+                                          device=None)))
+        plugin.rename(tmp_path / "gone.py")  # the workers never read it: the compiled grammar carries it
+        grammar.unlink()
+        (outcome,) = ev.results()
+    assert outcome.ok, outcome.detail
+    assert 0 <= outcome.result["metrics"]["val_acc"] <= 1
+
+
+def test_without_ray_the_search_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    r = CliRunner().invoke(main, ["search", "--ray", "--budget", "1", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2
+    assert r.output.strip() == "einc search --ray needs Ray: pip install 'einc[ray]'"
+    assert not (tmp_path / "x").exists()
+
+
+def test_ray_settings_need_ray(tmp_path):
+    r = CliRunner().invoke(main, ["search", "--retries", "2", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "apply to --ray only" in r.output
