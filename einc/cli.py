@@ -400,6 +400,13 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
               help="Capture each training step as a CUDA graph [default: on for CUDA].")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/search", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the search recorded in --out with its saved settings.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Evaluate on Ray: alone, a local Ray runtime; with HEAD:6379, that cluster (pip install "
+                   "'einc[ray]'). Not saved: give it again with --resume.")
+@click.option("--gpus-per-eval", type=click.FloatRange(0), default=None,
+              help="With --ray: GPUs per evaluation, fractions allowed [default: 1 when the cluster has GPUs, else 0].")
+@click.option("--retries", type=click.IntRange(0), default=None,
+              help="With --ray: how often an evaluation whose worker or node died is resubmitted [default: 1].")
 @_budget_options
 @_plugin_option
 def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fidelity, eta, population,
@@ -417,6 +424,10 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
     from einc.runtime.report import format_summary
     from einc.runtime.search import SearchConfig, run_search
 
+    # execution settings, not the search's: they stay out of SearchConfig and config.json
+    ray_address, gpus_per_eval, retries = kw.pop("ray_address"), kw.pop("gpus_per_eval"), kw.pop("retries")
+    if ray_address is None and (gpus_per_eval is not None or retries is not None):
+        _fail("error: --gpus-per-eval and --retries apply to --ray only", 2)
     named = _seeds(seed_files)
     seeds = tuple(text for _, text in named)
     config = SearchConfig(grammar=grammar, data=data, strategy=strategy, seeds=seeds,
@@ -426,6 +437,15 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                           time_limit=time_limit, workers=workers, compile=compile_model, amp=amp, graphs=graphs,
                           plugins=tuple(str(Path(f).resolve()) for f in plugins), **kw)
+    evaluator = None
+    if ray_address is not None:
+        from einc.runtime.cluster import RayMissing, search_evaluator
+
+        try:
+            evaluator = search_evaluator(config, out, resume, ray_address, gpus_per_eval,
+                                         1 if retries is None else retries)
+        except RayMissing as e:
+            _fail(str(e), 2)
     bar = tqdm(total=None, desc="search", unit="training", dynamic_ncols=True, file=sys.stderr)
 
     def show(p) -> None:
@@ -435,13 +455,15 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
         bar.refresh()
 
     try:
-        summary = run_search(config, out, resume=resume, on_progress=show)
+        summary = run_search(config, out, resume=resume, on_progress=show, evaluator=evaluator)
     except KeyboardInterrupt:
         bar.close()
         _fail(f"interrupted: every finished evaluation is kept in {Path(out) / 'journal.jsonl'}; "
               f"continue with: einc search --out {out} --resume", code=130)
     finally:
         bar.close()
+        if evaluator is not None:  # kills its actors (cancelling their tasks) and stops a Ray runtime it started
+            evaluator.close()
     click.echo(format_summary(summary, Path(out)))
     if summary["best_index"] is None:
         _fail(f"{out}: error: every evaluation failed ({', '.join(summary['failures']) or 'no reason recorded'}); "
