@@ -660,8 +660,8 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
                f"(val_acc {min(accs):.4f} to {max(accs):.4f}), S={strength:g}")
     click.echo(f"spectral radius: grammar {result.rho_prior:.4f}, fitted {result.rho:.4f}")
     if result.shrink > 0:
-        click.echo(f"shrunk towards the prior by t = {result.shrink:.4f}: the plain fit had rho = "
-                   f"{result.rho_fit:.4f} >= 0.99")
+        click.echo(f"shrunk towards the prior by t = {result.shrink:.4f} to keep rho <= 0.99 as written "
+                   f"(the plain fit has rho = {result.rho_fit:.4f})")
     for line in result.notes:
         click.echo("  " + line)
 

@@ -373,19 +373,24 @@ def fit_grammar(text: str, path: str, archs: Sequence[str], strength: float = DE
     prior = prior_of(table)
     fitted = posterior(table, counts, strength)
     rho_prior = spectral_radius(table)
-    probs, t, _ = shrink(table, fitted, prior, max_rho)
+    _, t, _ = shrink(table, fitted, prior, max_rho)
     rho_fit = spectral_radius(with_probabilities(table, fitted))
-    lines = list(header)
-    if t > 0:
-        lines.append(f"shrunk towards the prior by t = {t:.4f} (the plain fit has rho = {rho_fit:.4f}; "
-                     f"kept rho <= {max_rho})")
-    out = render(text, path, table, probs, lines)
-    try:
-        new = compile_ein(out, path)
-    except EinError as e:  # a bug here, not the user's: say so in one line
-        raise FitError(f"the fitted grammar does not compile: {str(e).splitlines()[0]}") from None
-    return Fit(out, new, counts, rho_prior, rho_fit, spectral_radius(new), t,
-               tuple(_notes(table, counts, prior, probs)))
+    for _ in range(60):  # the written probabilities are rounded: check rho on what is written
+        lines = list(header)
+        if t > 0:
+            lines.append(f"shrunk towards the prior by t = {t:.4f} (the plain fit has rho = {rho_fit:.4f}; "
+                         f"kept rho <= {max_rho})")
+        out = render(text, path, table, mix(fitted, prior, t), lines)
+        try:
+            new = compile_ein(out, path)
+        except EinError as e:  # a bug here, not the user's: say so in one line
+            raise FitError(f"the fitted grammar does not compile: {str(e).splitlines()[0]}") from None
+        rho = spectral_radius(new)
+        if rho <= max_rho or t >= 1:
+            break
+        t = min(1.0, t + max(0.002, (1 - t) * 0.01))
+    return Fit(out, new, counts, rho_prior, rho_fit, rho, t,
+               tuple(_notes(table, counts, prior, mix(fitted, prior, t))))
 
 
 def _notes(table: RuleTable, counts: Counts, prior: dict, probs: dict) -> list[str]:
