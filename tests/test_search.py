@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from conftest import FakeEvaluator
 
 from einc.cli import main
+from einc.errors import EinError
 from einc.runtime.journal import Journal, JournalWarning
 from einc.runtime.search import SearchConfig, SearchError, run_search
 
@@ -240,3 +241,12 @@ def test_seeds_by_name_and_mix(tmp_path, monkeypatch):
     assert all(text.startswith(("sequential", "routing", "branching")) for text in seen["config"].seeds)
     r = CliRunner().invoke(main, ["search", "--seeds", "resnet19", "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "no bundled seed of that name" in r.output and "resnet18" in r.output
+
+
+def test_a_grammar_in_another_mode_than_the_data_is_named_before_any_training(tmp_path):
+    grammar = tmp_path / "col.ein"
+    grammar.write_text("start S(shape=(16, 8))\nS -> M\nM -> sequential: M M @ 0.3 | C\nC -> linear(d=16) | relu\n")
+    ev = FakeEvaluator()
+    with pytest.raises(EinError, match="starts in mode Col; the input 2,8,8 is Im"):
+        run_search(SearchConfig(grammar=str(grammar), data="digits", budget=2), tmp_path / "o", evaluator=ev)
+    assert ev.submitted == []
