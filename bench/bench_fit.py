@@ -96,7 +96,8 @@ def main() -> None:
     print(f"2. einc fit --top {args.top} --strength {args.strength:g}", flush=True)
     tuned = out / "tuned.ein"
     fit = subprocess.run([sys.executable, "-m", "einc.cli", "fit", str(out / "rs"), "-o", str(tuned),
-                          "--top", str(args.top), "--strength", str(args.strength)], capture_output=True, text=True)
+                          "--top", str(args.top), "--strength", str(args.strength)], capture_output=True, text=True,
+                         check=False)
     print("\n".join("  " + line for line in (fit.stdout + fit.stderr).strip().splitlines()), flush=True)
     if fit.returncode:
         sys.exit(f"einc fit failed (exit {fit.returncode})")

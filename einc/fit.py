@@ -28,16 +28,16 @@ and a grammar's text. ``einc fit`` reads the journal; this module never touches 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Iterable, Sequence
 
 from .arch import parse
 from .errors import ArchError, EinError
 from .ops import show_value
 from .pcfg import analyse, finite_effect
 from .table import Alternative, Branches, OpCall, Ref, Rule, RuleTable, merge_params
-from .tree import Expansion, Fork, Leaf, Node
+from .tree import Expansion, Fork, Leaf
 
 StateKey = tuple  # (nonterminal, m, b, params), as einc.pcfg defines it
 RuleId = tuple  # (nonterminal, index of the rule in table.rules[nonterminal])
