@@ -465,6 +465,8 @@ def _labels(rule: _RawRule, sources: _Sources, diags) -> list[str | None]:
         if label not in first:
             first[label] = alt
             continue
+        if _variants_of_one_body(first[label].body, alt.body):
+            continue  # strings tell them apart by the operations' arguments (einc fit writes these)
         if alt.label and first[label].label:
             msg = (f'label "{label}" names two alternatives of "{rule.head}" (the first at line '
                    f'{first[label].span.line}); bracket notation could not tell them apart: rename one')
@@ -474,6 +476,18 @@ def _labels(rule: _RawRule, sources: _Sources, diags) -> list[str | None]:
                    "takes its nonterminal's name in lowercase; give them distinct labels")
         diags.append(sources.diag(alt.span, "duplicate-label", msg))
     return out
+
+
+def _variants_of_one_body(a: tuple, b: tuple) -> bool:
+    """Whether two bodies differ at most in their operations' arguments. A string then names
+    one of them: the parser tells them apart by the arguments, and equal bodies give equal trees."""
+    def shape(el):
+        if isinstance(el, _RawOp):
+            return ("op", el.name)
+        if isinstance(el, tuple):  # ("ref", name, settings, span)
+            return ("ref", el[1], tuple((n, v) for n, v, _ in el[2]))
+        return ("branches", el)
+    return len(a) == len(b) and all(shape(x) == shape(y) for x, y in zip(a, b))
 
 
 def _alternatives(rule: _RawRule, params, library: Library, sources: _Sources, diags) -> tuple[Alternative, ...]:

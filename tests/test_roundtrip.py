@@ -104,3 +104,13 @@ def test_an_unlabelled_branch_block_gets_a_label_too():
     for seed in range(5):
         a = g.sample(seed=seed)
         assert g.parse(a.text) == a
+
+
+def test_alternatives_differing_only_in_arguments_may_share_a_label():
+    """einc fit writes a variant set as one alternative per variant: strings tell them apart."""
+    g = einc.compile_grammar("start S(shape=(3, 8, 8))\n"
+                             "S -> conv: im2col(k=3, s=1, p=1) linear(d=8) col2im @ 0.7\n"
+                             "   | conv: im2col(k=3, s=1, p=1) linear(d=16) col2im @ 0.3\n")
+    texts = {g.sample(seed=seed).text for seed in range(12)}
+    assert texts == {f"conv(im2col(k=3, s=1, p=1), linear(d={d}), col2im)" for d in (8, 16)}
+    assert all(g.parse(t).text == t for t in texts)
