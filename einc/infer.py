@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .errors import ShapeError
 from .ops import Features, Library, NotApplicable, feature_for
-from .tree import Expansion, Fork, Leaf, Node, Path
+from .tree import Expansion, Fork, Leaf, Node, Path, deep
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +51,13 @@ def infer(tree: Node, library: Library, input_shape: tuple[int, ...], text: str 
     """Shapes and costs of ``tree`` on a per-sample input of ``input_shape`` (batch excluded)."""
     inp = (feature_for(tuple(input_shape)),)
     layers: list[Layer] = []
-    try:
-        out = _walk(tree, inp, (), 1, library, layers, text)
-    except RecursionError:
-        raise ShapeError("the tree is too deep to analyse") from None
+    out = deep(_walk(tree, inp, (), 1, library, layers, text))  # any depth the sampler's budget allows
     return Inference(inp, out, tuple(layers))
 
 
 def _walk(node: Node, fs: Features, path: Path, copies: int, library: Library, layers: list[Layer],
-          text: str | None) -> Features:
+          text: str | None):
+    """The features after ``node``; a generator run by einc.tree.deep (``yield`` is the recursive call)."""
     if isinstance(node, Leaf):
         op = library.get(node.op)
         if op is None:
@@ -73,7 +71,7 @@ def _walk(node: Node, fs: Features, path: Path, copies: int, library: Library, l
         return out
     if isinstance(node, Expansion):
         for i, child in enumerate(node.children):
-            fs = _walk(child, fs, path + (i,), copies, library, layers, text)
+            fs = yield _walk(child, fs, path + (i,), copies, library, layers, text)
         return fs
     assert isinstance(node, Fork)
     if len(fs) != node.copies:
@@ -81,16 +79,16 @@ def _walk(node: Node, fs: Features, path: Path, copies: int, library: Library, l
     outs = []
     if node.repeated and all(f == fs[0] for f in fs):
         # one walk stands for every copy (every built-in brancher gives equal inputs)
-        out = _one(_walk(node.children[0], fs[:1], path + (0,), copies * node.copies, library, layers, text),
+        out = _one((yield _walk(node.children[0], fs[:1], path + (0,), copies * node.copies, library, layers, text)),
                    node, path, text)
         outs = [out] * len(fs)
     elif node.repeated:
         for f in fs:
-            outs.append(_one(_walk(node.children[0], (f,), path + (0,), copies, library, layers, text),
+            outs.append(_one((yield _walk(node.children[0], (f,), path + (0,), copies, library, layers, text)),
                              node, path, text))
     else:
         for i, (child, f) in enumerate(zip(node.children, fs)):
-            outs.append(_one(_walk(child, (f,), path + (i,), copies, library, layers, text), node, path, text))
+            outs.append(_one((yield _walk(child, (f,), path + (i,), copies, library, layers, text)), node, path, text))
     return tuple(outs)
 
 

@@ -174,6 +174,7 @@ def test_whatever_a_deep_budget_samples_prints_parses_and_mutates():
     assert counts(tree).depth > 2000
     assert parse(show(tree), g.table) == tree
     assert len(node_states(tree, g.table, (2, 4))) == counts(tree).nonterminals
+    assert g.architecture(tree).infer((2, 4)).output[0].shape == (2, 4)  # shapes too, at any depth
 
 
 def test_a_string_nested_past_the_limit_gets_a_located_error():
