@@ -79,14 +79,14 @@ _plugin_option = click.option("--plugin", "plugins", multiple=True, type=click.P
 @_plugin_option
 def check(file: str, as_json: bool, plugins: tuple[str, ...]) -> None:
     """Check a .ein grammar (a path, or a bundled name such as einspace) and report on it."""
-    from .ein import analyse, grammar_path
+    from .ein import analyse, grammar_path, read_grammar, read_problem
 
     library = load_plugins(plugins)
     try:
         path = grammar_path(file)
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        _fail(f"{file}:1:1: error: cannot read: {getattr(e, 'strerror', None) or type(e).__name__}  [include]")
+        text = read_grammar(path)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        _fail(f"{file}:1:1: error: cannot read: {read_problem(e)}  [include]")
     table, diags, report = analyse(text, str(path) if path != Path(file) else file, library)
     errors = [d for d in diags if d.severity == "error"]
     if as_json:

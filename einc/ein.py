@@ -654,11 +654,27 @@ def load(path: str | Path, library: Library = BUILTIN) -> RuleTable:
     """Compile a .ein file (a path, or a bundled grammar's name such as "einspace")."""
     p = grammar_path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_grammar(p)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise EinCheckError([Diagnostic(Span(str(path), 1, 1), "error", "include",
-                                        f'cannot read "{path}": {getattr(e, "strerror", None) or type(e).__name__}')]) from None
+                                        f'cannot read "{path}": {read_problem(e)}')]) from None
     return compile_ein(text, str(p), library)
+
+
+def read_grammar(path: Path) -> str:
+    """A grammar file's text. A directory, device or pipe is refused before reading: /dev/zero
+    would never end."""
+    if path.exists() and not path.is_file():
+        raise OSError(0, "a directory" if path.is_dir() else "not a regular file")
+    return path.read_text(encoding="utf-8")
+
+
+def read_problem(e: Exception) -> str:
+    """Why a file could not be read, in a few words."""
+    if isinstance(e, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return (e.strerror if isinstance(e, OSError) and e.strerror else str(e) if type(e) is ValueError
+            else type(e).__name__)
 
 
 def grammar_path(path: str | Path) -> Path:

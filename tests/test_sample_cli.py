@@ -93,3 +93,10 @@ def test_check_rejects_labels_that_strings_could_not_tell_apart(tmp_path):
     assert r.exit_code == 1
     assert r.stderr.startswith(f'{g}:2:18: error: label "pair" names two alternatives of "S"')
     assert "[duplicate-label]" in r.stderr
+
+
+def test_check_and_sample_refuse_a_device_or_directory_before_reading_it(tmp_path):
+    for cmd in ("check", "sample"):
+        for path, why in (("/dev/zero", "not a regular file"), (str(tmp_path), "a directory")):
+            r = CliRunner().invoke(main, [cmd, path])
+            assert r.exit_code == 1 and why in r.stderr and "Traceback" not in r.output, (cmd, path, r.output)
