@@ -35,16 +35,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DIGITS = dict(data="digits", strategy="re", budget=24, population=8, tournament=3, epochs=5, batch_size=64,
-              max_flops=30_000_000, time_limit=120.0, seed=2)
-CIFAR = dict(strategy="re", budget=24, population=8, tournament=3, epochs=3, batch_size=128,
-             max_flops=300_000_000, time_limit=300.0, seed=2)
-QUICK = dict(budget=2, population=2, tournament=2, epochs=1, final_epochs=1, batch_size=64, time_limit=None)
+DIGITS = {"data": "digits", "strategy": "re", "budget": 24, "population": 8, "tournament": 3, "epochs": 5,
+          "batch_size": 64, "max_flops": 30_000_000, "time_limit": 120.0, "seed": 2}
+CIFAR = {"strategy": "re", "budget": 24, "population": 8, "tournament": 3, "epochs": 3, "batch_size": 128,
+         "max_flops": 300_000_000, "time_limit": 300.0, "seed": 2}
+QUICK = {"budget": 2, "population": 2, "tournament": 2, "epochs": 1, "final_epochs": 1, "batch_size": 64,
+         "time_limit": None}
 QUICK_SIZES = (400, 100, 100)  # --quick: the digits task cut to this many samples, the synthetic one made so
 
 
@@ -99,7 +101,7 @@ class BusySampler:
             if not torch.cuda.is_available():
                 return None
             count = torch.cuda.device_count()
-        except Exception:
+        except Exception:  # noqa: BLE001  no usable torch/CUDA: no busy figure
             return None
         try:
             import pynvml  # nvidia-ml-py
@@ -109,24 +111,24 @@ class BusySampler:
             handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())][:count]
             self.source = "NVML"
             return lambda: statistics.fmean(pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110  no nvidia-ml-py or no NVML: try torch's reader
             pass
         try:
             torch.cuda.utilization(0)
             self.source = "torch.cuda.utilization"
             return lambda: statistics.fmean(torch.cuda.utilization(i) for i in range(count))
-        except Exception:
+        except Exception:  # noqa: BLE001  torch.cuda.utilization needs pynvml too
             return None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self.samples.append((time.monotonic(), float(self._read())))
-            except Exception:
+            except Exception:  # noqa: BLE001, S110  a missed sample is only a missed sample
                 pass
             self._stop.wait(self.period)
 
-    def __enter__(self) -> BusySampler:
+    def __enter__(self) -> Self:
         if self._read is not None:
             self._thread.start()
         return self
@@ -174,7 +176,7 @@ class JournalWatch:
             self.times.extend([now] * (n - len(self.times)))
             self._stop.wait(self.period)
 
-    def __enter__(self) -> JournalWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -160,12 +160,15 @@ def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
 # --------------------------------------------------------------------------- device helpers
 
 
-def warm_up(device: str | None = None, data: Dataset | None = None) -> float:
+def warm_up(device: str | None = None, data: Dataset | None = None, compile_model: bool = False) -> float:
     """Start what a first training job would otherwise wait for; returns the seconds it took.
 
     A worker calls this as soon as it starts, so that importing torch, creating the CUDA context
     and loading cuBLAS/cuDNN overlap the search's own setup. With ``data``, its splits are also
-    put on the device (the cache ``device_split`` reads). Safe to call more than once.
+    put on the device (the cache ``device_split`` reads). With ``compile_model`` (``--compile``),
+    a trivial function is compiled too: the first ``torch.compile`` in a process pays seconds of
+    one-time start-up (inductor's imports, its compile workers) that would otherwise land on the
+    first candidate. Safe to call more than once.
     """
     t0 = time.perf_counter()
     dev = pick_device(device)
@@ -179,6 +182,9 @@ def warm_up(device: str | None = None, data: Dataset | None = None) -> float:
     if data is not None:
         for split in ("train", "valid", "test"):
             device_split(data, split, dev)
+    if compile_model:
+        torch.compile(lambda t: nn.functional.leaky_relu(t, 0.01) * 2)(torch.ones(4, device=dev, requires_grad=True)) \
+            .sum().backward()
     return time.perf_counter() - t0
 
 
@@ -273,7 +279,7 @@ def _out_of_memory(model: nn.Module, device: str):
     the failed frames' tensors, the gradients, and the model's weights (moved back to the host)."""
     try:
         yield
-    except Exception as e:  # noqa: BLE001  re-raised unless it is an out-of-memory error
+    except Exception as e:
         if not _is_oom(e):
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]

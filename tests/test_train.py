@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from einc.runtime.data import Dataset
 from einc.runtime import train as train_module
-from einc.runtime.train import (AMP_MIN_FLOPS, NonFiniteLoss, OutOfMemory, TimeLimitExceeded, TrainConfig,
-                                TrainError, clear_device_data, count_flops, device_split, limit_memory,
-                                pick_device, retrain_and_test, settings_note, train_and_score, use_amp,
-                                use_graphs, warm_up)
+from einc.runtime.data import Dataset
+from einc.runtime.train import (
+    AMP_MIN_FLOPS,
+    NonFiniteLoss,
+    OutOfMemory,
+    TimeLimitExceeded,
+    TrainConfig,
+    TrainError,
+    clear_device_data,
+    count_flops,
+    device_split,
+    limit_memory,
+    pick_device,
+    retrain_and_test,
+    settings_note,
+    train_and_score,
+    use_amp,
+    use_graphs,
+    warm_up,
+)
 from einc.runtime.train_step import WARMUP, TrainStep, cosine_schedule
+from torch import nn
 
 
 @pytest.fixture(autouse=True)
@@ -225,7 +242,7 @@ def test_the_partial_batch_runs_eagerly_between_replays():
     x, y = device_split(blobs(40), "train", "cpu")
     capturer = FakeCapturer()
     step = TrainStep(model, x, y, 2, lr=0.1, momentum=0.9, weight_decay=0.0, steps=20, batch_size=16,
-                     device="cpu", autocast=__import__("contextlib").nullcontext, graphs=True, capturer=capturer)
+                     device="cpu", autocast=contextlib.nullcontext, graphs=True, capturer=capturer)
     sizes = [16, 16, 16, 16, 8, 16, 5, 16]
     for size in sizes:
         step(torch.randperm(40)[:size])
@@ -317,7 +334,7 @@ def test_the_cache_forgets_a_dataset_that_is_gone():
     device_split(data, "valid", "cpu")
     assert len(train_module._DEVICE_DATA) == 1
     del data
-    __import__("gc").collect()
+    gc.collect()
     assert len(train_module._DEVICE_DATA) == 0
 
 
@@ -326,6 +343,20 @@ def test_warm_up_puts_the_data_on_the_device():
     data = blobs()
     assert warm_up("cpu", data) >= 0.0
     assert set(train_module._DEVICE_DATA[data]) == {("train", "cpu"), ("valid", "cpu"), ("test", "cpu")}
+
+
+def test_warm_up_can_start_torch_compile(monkeypatch):
+    compiled = []
+
+    def fake_compile(fn):
+        compiled.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    warm_up("cpu")
+    assert compiled == []
+    warm_up("cpu", compile_model=True)
+    assert len(compiled) == 1
 
 
 # --------------------------------------------------------------------------- on a GPU (skipped without CUDA)
@@ -338,8 +369,8 @@ def einc_resnet_small(seed: int = 0, shape=(2, 8, 8), classes: int = 19) -> nn.M
 
     torch.manual_seed(seed)
     g = einc.load("einspace")
-    arch = g.parse(open(__import__("pathlib").Path(__file__).parent.parent / "examples/resnet_small.arch").read(),
-                   input_shape=shape)
+    text = (Path(__file__).parent.parent / "examples" / "resnet_small.arch").read_text()
+    arch = g.parse(text, input_shape=shape)
     return einc.build(arch, input_shape=shape, num_classes=classes)
 
 
