@@ -136,7 +136,22 @@ class TrainStep:
             if self._warm >= WARMUP:
                 self._capture()
             return
-        self._compute(idx)
+        if self.replay is None:
+            self._compute(idx)
+        else:
+            # The captured graph keeps its own memory pool, so an eager step beside it (the partial
+            # batch) needs memory on top; when that runs out, drop the graph and go on eagerly.
+            try:
+                self._compute(idx)
+            except torch.OutOfMemoryError as e:
+                first = (str(e).strip().splitlines() or [""])[0]
+                self.graph_error = f"OutOfMemoryError beside the captured graph, continued eagerly: {first}"[:300]
+            else:
+                self.eager_steps += 1
+                return
+            self.close()
+            self.opt.zero_grad(set_to_none=True)
+            self._compute(idx)
         self.eager_steps += 1
 
     def close(self) -> None:
@@ -161,14 +176,6 @@ class TrainStep:
 
     def _compute(self, idx: torch.Tensor) -> None:
         """One step; only in-place updates of persistent state, so it can be captured."""
-        if self.lr is not None:
-            self.lr.copy_(torch.index_select(self.schedule, 0, self.counter).view(()))
-            self.counter.add_(1)
-        else:
-            group_lr = self._schedule_host[min(self._host_step, len(self._schedule_host) - 1)]
-            for group in self.opt.param_groups:
-                group["lr"] = group_lr
-            self._host_step += 1
         xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
         self.opt.zero_grad(set_to_none=True)
         with self.autocast():
@@ -183,9 +190,21 @@ class TrainStep:
             loss = nn.functional.cross_entropy(out.float(), yb)
         if self.scaler is None:
             loss.backward()
-            self.opt.step()
         else:
             self.scaler.scale(loss).backward()
+        # The state a step advances is touched only from here on (BatchNorm statistics aside), so a
+        # step whose forward or backward pass runs out of memory can be run again.
+        if self.lr is not None:
+            self.lr.copy_(torch.index_select(self.schedule, 0, self.counter).view(()))
+            self.counter.add_(1)
+        else:
+            group_lr = self._schedule_host[min(self._host_step, len(self._schedule_host) - 1)]
+            for group in self.opt.param_groups:
+                group["lr"] = group_lr
+            self._host_step += 1
+        if self.scaler is None:
+            self.opt.step()
+        else:
             self.scaler.step(self.opt)
             self.scaler.update()
         self.total.add_(loss.detach() * idx.numel())

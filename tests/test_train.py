@@ -261,6 +261,33 @@ def test_a_failed_capture_falls_back_to_eager_and_says_why():
     assert graph["train_loss"] == eager["train_loss"] and same_weights(graph_model, eager_model)
 
 
+class OutOfMemoryOnce(nn.Module):
+    """tiny(), but the first forward pass with a batch of ``size`` runs out of memory."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.net, self.size, self.raised = tiny(), size, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) == self.size and not self.raised:
+            self.raised = True
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return self.net(x)
+
+
+def test_out_of_memory_beside_the_graph_drops_it_and_goes_on_eagerly():
+    x, y = device_split(blobs(120), "train", "cpu")
+    config = TrainConfig(epochs=2, batch_size=16, seed=0)
+    eager = train_module._fit(tiny(), x, y, 2, config, "cpu", None)
+    capturer = FakeCapturer()
+    model = OutOfMemoryOnce(8)  # the partial batch at the end of epoch 1 (7 x 16 + 8)
+    metrics = train_module._fit(model, x, y, 2, config, "cpu", None, capturer=capturer)
+    assert model.raised and capturer.released == 2  # dropped at the failure, then at the end
+    assert metrics["graph_error"].startswith("OutOfMemoryError beside the captured graph, continued eagerly")
+    assert capturer.replays == 7 - WARMUP             # epoch 2 ran eagerly
+    assert metrics["train_loss"] == eager["train_loss"]  # the failed step was retried, not skipped or doubled
+
+
 def test_too_few_batches_to_capture_stay_eager():
     capturer = FakeCapturer()
     metrics, _ = fit(capturer, n=40, batch_size=16, epochs=1)   # 2 full batches < WARMUP + 1
