@@ -195,7 +195,8 @@ class TrainStep:
         # The state a step advances is touched only from here on (BatchNorm statistics aside), so a
         # step whose forward or backward pass runs out of memory can be run again.
         if self.lr is not None:
-            self.lr.copy_(torch.index_select(self.schedule, 0, self.counter).view(()))
+            last = len(self._schedule_host) - 1  # clamped: an index past the end is a device-side assert
+            self.lr.copy_(torch.index_select(self.schedule, 0, self.counter.clamp(max=last)).view(()))
             self.counter.add_(1)
         else:
             group_lr = self._schedule_host[min(self._host_step, len(self._schedule_host) - 1)]
