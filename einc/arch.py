@@ -173,7 +173,7 @@ def parse_syntax(text: str) -> Item:
 
 def _without_bom(text: str) -> str:
     """Text as an editor shows it: a leading UTF-8 byte-order mark is not part of it."""
-    return text[1:] if text.startswith("\ufeff") else text
+    return text.removeprefix("\ufeff")
 
 
 @lru_cache(maxsize=1)

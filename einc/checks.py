@@ -163,7 +163,7 @@ def _names_at(table: RuleTable, key, diag: Diag) -> list[Diagnostic]:
 
 
 def _way(way) -> str:
-    name, what, chain, alt = way
+    _, what, chain, alt = way
     kind = f'the label of "{alt.head}"' if isinstance(what, str) else f'the operation of "{alt.head}"'
     at = f" (line {alt.span.line})" if alt.span else ""
     via = f' via {" -> ".join(chain)}' if len(chain) > 1 else ""

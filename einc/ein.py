@@ -270,7 +270,7 @@ def _syntax_error(err: UnexpectedInput, path: str, sources: _Sources) -> Diagnos
 def _load(path: Path, sources: _Sources, chain: frozenset[str], names: tuple[str, ...],
           diags: list[Diagnostic], at: Span | None) -> str | None:
     """The text of an included file, or None (a cycle, a file read already, or an error)."""
-    key, norm = str(path), _norm(str(path))
+    norm = _norm(str(path))
     if norm in chain:
         diags.append(sources.diag(at, "include", f'"{path.name}" includes itself (through '
                                   + " -> ".join([*(Path(s).name for s in names), path.name]) + ")"))
@@ -303,8 +303,7 @@ def _norm(key: str) -> str:
 
 def _items(text: str, key: str, sources: _Sources, diags: list[Diagnostic]) -> list:
     """One file's raw items, includes not yet resolved."""
-    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark is no part of the text
-        text = text[1:]
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is no part of the text
     sources.text[key] = text
     sources.read.add(_norm(key))
     try:

@@ -55,7 +55,9 @@ def architectures(grammar: Grammar, input_shape: tuple[int, ...] | None = None,
 
 def _fits(sampler: Sampler, budget: Budget) -> None:
     """Find one tree within the budget before Hypothesis starts, or say that none fits."""
-    first = lambda weights: 0  # noqa: E731 - the smallest alternatives first, as Hypothesis shrinks
+    def first(weights) -> int:  # the smallest alternatives first, as Hypothesis shrinks
+        return 0
+
     for rng in (first, *(random.Random(i) for i in range(3))):
         try:
             sampler.sample(rng)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from hypothesis import settings
 
 import einc
@@ -20,7 +19,7 @@ import einc
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 GRAMMAR_README = (ROOT / "grammar" / "README.md").read_text(encoding="utf-8")
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
 def section(text: str, title: str, level: int | None = None) -> str:
@@ -68,7 +67,7 @@ def test_readme_python_examples_run_as_written(tmp_path, monkeypatch, capsys):
 
 def test_readme_seed_table_gives_the_true_parameter_counts():
     g = einc.load("einspace")
-    rows = re.findall(r"^\| `(\w+)\.arch`[^|]*\| ([\d,]+)(?: \(([\d,]+)\))? \|", README, re.M)
+    rows = re.findall(r"^\| `(\w+)\.arch`[^|]*\| ([\d,]+)(?: \(([\d,]+)\))? \|", README, re.MULTILINE)
     assert {name for name, _, _ in rows} >= {"resnet18", "wrn16_4", "vit", "mixer", "resnet_small"}
     for name, params, with_head in rows:
         arch = g.parse((ROOT / "examples" / f"{name}.arch").read_text(), (3, 64, 64))
@@ -87,7 +86,7 @@ def console_examples(text: str) -> list[tuple[str, str]]:
     """(command, output shown) for each "$ einc ..." line of each console block."""
     out = []
     for body in blocks(text, "console") + [b for b in blocks(text, "") if b.startswith("$ einc ")]:
-        for chunk in re.split(r"^\$ ", body, flags=re.M)[1:]:
+        for chunk in re.split(r"^\$ ", body, flags=re.MULTILINE)[1:]:
             command, _, shown = chunk.partition("\n")
             out.append((command, shown))
     return out
@@ -98,7 +97,7 @@ def run_einc(command: str, cwd: Path) -> str:
     args = shlex.split(command)
     assert args[0] == "einc", command
     env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="100")
-    proc = subprocess.run([sys.executable, "-m", "einc.cli", *args[1:]], cwd=cwd, env=env, text=True,
+    proc = subprocess.run([sys.executable, "-m", "einc.cli", *args[1:]], check=False, cwd=cwd, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
     return proc.stdout
 
