@@ -87,3 +87,13 @@ def test_cli_bad_input_is_one_located_error(tmp_path):
     assert r.exit_code == 2
     r = CliRunner().invoke(main, ["draw", BLOCK, "--input", "16,8,16", "-o", str(tmp_path / "no" / "x.svg")])
     assert r.exit_code == 1 and "cannot write" in r.output and "Traceback" not in r.output
+
+
+def test_cli_draws_with_a_plugin_grammar(tmp_path):
+    plugins = Path(__file__).resolve().parent / "data" / "plugins"
+    out = tmp_path / "p.svg"
+    r = CliRunner().invoke(main, ["draw", "sequential(linear(d=8), running-max)", "-g", str(plugins / "cummax.ein"),
+                                  "--plugin", str(plugins / "cummax.py"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    texts = _texts(out.read_text())
+    assert texts.count("running-max") == 2 and "input Col[4x8]" in texts
