@@ -115,6 +115,8 @@ def write_outputs(out: Path, config, grammar, shape, num_classes: int, records: 
         (out / "best.arch").write_text(best["arch"] + "\n")
         _write_model(out / "best.py", config, grammar, best, shape, num_classes)
         files[2:2] = ["best.arch", "best.py"]
+        if _draw(out / "best.svg", grammar, best["arch"], shape):
+            files.insert(4, "best.svg")
     summary["files"] = files
     _plot(out / "plot.png", records, config.strategy)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -162,6 +164,21 @@ def _write_model(path: Path, config, grammar, best: dict, shape, num_classes: in
         f"grammar: {config.grammar} (hash {grammar.hash}), classes: {num_classes}",
         f"found by einc search ({config.strategy}) as evaluation {best['index']}: validation accuracy "
         f"{_acc(best):.4f}; {best.get('params') or 0:,} parameters without the classification head"]))
+
+
+def _draw(path: Path, grammar, text: str, shape) -> bool:
+    """The winner drawn (einc draw); a network too large to draw whole is drawn 4 levels deep."""
+    from einc.draw import draw
+    from einc.errors import EinError
+
+    arch = grammar.parse(text, shape)
+    for depth in (None, 4):
+        try:
+            draw(arch, shape, path, depth=depth, title="best found")
+            return True
+        except EinError:
+            continue
+    return False
 
 
 def _plot(path: Path, records: list[dict], strategy: str) -> None:

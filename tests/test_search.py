@@ -48,7 +48,8 @@ def same_results(a: list[dict], b: list[dict]) -> None:
 
 def test_random_search_end_to_end_leaves_every_output(tmp_path):
     summary = run_search(SearchConfig(strategy="rs", **TINY), tmp_path)
-    for name in ("journal.jsonl", "plot.png", "best.arch", "best.py", "summary.json", "summary.txt", "config.json"):
+    for name in ("journal.jsonl", "plot.png", "best.arch", "best.py", "best.svg", "summary.json", "summary.txt",
+                 "config.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     records = Journal(tmp_path / "journal.jsonl").records()
     assert [r["kind"] for r in records[:2]] == ["session", "proposal"]
