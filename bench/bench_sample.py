@@ -21,7 +21,7 @@ import einc
 from einc.mutate import mutate
 from einc.pcfg import analyse
 from einc.sample import Budget, Sampler, with_stop_probability
-from einc.stats import summary
+from einc.stats import five_numbers
 from einc.tree import Expansion, counts, walk
 
 # Paper Table 6 (2000 samples each): (min, mean, median, std, max)
@@ -78,7 +78,7 @@ def table6(g, n):
                 "branching factor": [statistics.fmean(counts(t).branching) if counts(t).branching else 1.0
                                      for t in trees]}
         for name, values in rows.items():
-            ours = summary(values)
+            ours = five_numbers(values)
             paper = PAPER.get(name, PAPER["terminals"] if name == "network ops" else {}).get(p)
             print(f"  p={p} {name:17s} " + " ".join(f"{ours[k]:8.2f}" for k in ("min", "mean", "median", "std", "max"))
                   + ("  | " + " ".join(f"{v:8.2f}" for v in paper) if paper else ""))

@@ -41,9 +41,9 @@ def check_overlapping_rules(table: RuleTable, diag: Diag) -> list[Diagnostic]:
                 env = _common_env(table, earlier, later)
                 if env is not None:
                     what = ", ".join(f"{k}={show_value(v)}" for k, v in env.items() if v is not None)
+                    first = f"; first at line {earlier.span.line}" if earlier.span else ""
                     out.append(diag(later.span, "duplicate-rule",
-                                    f'a second rule for "{head}" that also applies when {what}; '
-                                    f"first at line {earlier.span.line}" if earlier.span else ""))
+                                    f'a second rule for "{head}" that also applies when {what}{first}'))
                     break
     return out
 

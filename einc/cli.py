@@ -8,6 +8,7 @@ runtime) happen inside the commands that need them.
 from __future__ import annotations
 
 import json
+import keyword
 import math
 import os
 import sys
@@ -149,6 +150,9 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
     """
     from . import load
 
+    if not class_name.isidentifier() or keyword.iskeyword(class_name):
+        why = "a Python keyword" if keyword.iskeyword(class_name) else "not a Python identifier"
+        raise click.BadParameter(f'"{class_name}" is {why}', param_hint="--class-name")
     text, source_path = read_arch_argument(arch)
     g = load(grammar, load_plugins(plugins))
     shape = input_shape or g.default_shape()
@@ -166,8 +170,6 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
                            title=f"grammar {grammar}"))
         if output is None and onnx_path is None:
             return
-    if not class_name.isidentifier():
-        raise click.BadParameter(f'"{class_name}" is not a Python identifier', param_hint="--class-name")
     from .api import build
     from .emit import emit
 
@@ -577,7 +579,9 @@ def fmt_(files: tuple[str, ...], grammar: str, input_shape, in_place: bool, chec
               help="Dirichlet prior strength S: pseudo-counts per rule on the grammar's own probabilities.")
 @click.option("--grammar", "-g", default=None,
               help="The grammar the search used [default: the one in config.json beside the journal, else einspace].")
-def fit_(journal: str, output: str, top: int, strength: float, grammar: str | None) -> None:
+@_plugin_option
+def fit_(journal: str, output: str, top: int, strength: float, grammar: str | None,
+         plugins: tuple[str, ...] = ()) -> None:
     """Learn GRAMMAR's rule probabilities from the best architectures of a search.
 
     JOURNAL is a search's journal.jsonl or the folder holding it. Writes OUTPUT: the grammar's
@@ -605,7 +609,8 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
               " (give --grammar)")
     from . import compile_grammar
 
-    g = compile_grammar(text, str(gpath))
+    library = load_plugins(plugins or _search_plugins(path.parent / "config.json"))
+    g = compile_grammar(text, str(gpath), library)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         records = Journal(path).records()
@@ -645,7 +650,7 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
               f"on the probabilities of {grammar}; counts pooled per rule (grammar/README.md, \"Learning the",
               "probabilities\")."]
     try:
-        result = fit_grammar(text, str(gpath), archs, strength, header=header)
+        result = fit_grammar(text, str(gpath), archs, strength, header=header, library=library)
     except FitError as e:
         _fail(str(e) if ": error:" in str(e) else f"{gpath}: error: {e}")
     try:
@@ -664,6 +669,15 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
                    f"(the plain fit has rho = {result.rho_fit:.4f})")
     for line in result.notes:
         click.echo("  " + line)
+
+
+def _search_plugins(config: Path) -> tuple[str, ...]:
+    """The plugin files a search's config.json names (none when it names none or is unreadable)."""
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("plugins", ())
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return ()
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 def _search_grammar(config: Path) -> str:

@@ -8,7 +8,7 @@ and raises one ``EinCheckError`` holding every error found.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +29,7 @@ _TERMINALS = {
     "_SLASH": '"/"', "_PLUS": '"+"', "_MINUS": '"-"', "_LPAR": '"("', "_RPAR": '")"', "_LSQB": '"["',
     "_RSQB": '"]"', "_LBRACE": '"{"', "_RBRACE": '"}"', "_IN": '"in"', "_TRUE": '"true"',
     "_FALSE": '"false"', "_INCLUDE": '"include"', "_PARAM": '"param"', "_START": '"start"',
+    "_EXTEND": '"extend"', "_OVERRIDE": '"override"',
 }
 
 
@@ -77,6 +78,7 @@ class _RawRule:
     guards: tuple[Guard, ...]
     alts: tuple[_RawAlt, ...]
     span: Span
+    kind: str = "rule"  # rule | extend | override
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,14 @@ class _ToRaw(Transformer):
     def rule(self, meta, c):
         head, guards, *alts = c
         return _RawRule(str(head), guards or (), tuple(alts), self._tok(head))
+
+    def extend(self, meta, c):
+        head, *alts = c
+        return _RawRule(str(head), (), tuple(alts), self._tok(head), "extend")
+
+    def override(self, meta, c):
+        head, guards, *alts = c
+        return _RawRule(str(head), guards or (), tuple(alts), self._tok(head), "override")
 
     def guards(self, meta, c):
         return tuple(c)
@@ -293,6 +303,19 @@ def _load(path: Path, sources: _Sources, chain: frozenset[str], names: tuple[str
         return None
 
 
+def _bundled_include(name: str, target: Path) -> Path:
+    """A bare file name that is not beside the including file but names a bundled grammar
+    (``include "einspace.ein"``) reads the bundled one; anything else stays as written."""
+    if "/" in name or "\\" in name or not name.endswith(".ein"):
+        return target
+    from .grammar import bundled
+
+    try:
+        return bundled(name)
+    except FileNotFoundError:
+        return target
+
+
 def _norm(key: str) -> str:
     """A file's identity for cycle and diamond checks (the top file's path may be relative)."""
     try:
@@ -337,7 +360,7 @@ def _read_text(text: str, key: str, sources: _Sources, diags: list[Diagnostic]) 
         elif isinstance(item, _RawItem) and item.kind == "include":
             target = Path(key).parent / item.data[0]
             try:
-                target = target.resolve() if target.exists() else target
+                target = target.resolve() if target.exists() else _bundled_include(item.data[0], target)
             except (OSError, ValueError, RuntimeError):  # a name too long, a NUL: _load reports it
                 pass
             inner = _load(target, sources, chain, names, diags, item.span)
@@ -377,15 +400,40 @@ def _build(items: list, path: str, library: Library, sources: _Sources,
                                 'no start declaration; add e.g. "start S(shape=(3, 32, 32))"'))
 
     rules: dict[str, list[Rule]] = {}
-    for item in items:
-        if isinstance(item, _RawRule):
-            for g in item.guards:
-                _check_guard(g, params, sources, diags)
-            alts = _alternatives(item, params, library, sources, diags)
-            rules.setdefault(item.head, []).append(Rule(item.head, item.guards, alts, item.span))
+    for raw in _composed([i for i in items if isinstance(i, _RawRule)], sources, diags):
+        for g in raw.guards:
+            _check_guard(g, params, sources, diags)
+        alts = _alternatives(raw, params, library, sources, diags)
+        rules.setdefault(raw.head, []).append(Rule(raw.head, raw.guards, alts, raw.span))
     if start is None:
         return None
     return RuleTable(path, start, params, {h: tuple(r) for h, r in rules.items()}, library, source)
+
+
+def _composed(raws: list[_RawRule], sources: _Sources, diags) -> list[_RawRule]:
+    """The rules in reading order with ``extend`` and ``override`` applied.
+
+    ``extend X -> a | b`` appends a and b to every rule of X read so far, as if written at
+    their ends (so probabilities follow the usual rules over the joined list); ``override X ->``
+    drops every rule of X read so far and stands in their place. Either names an X that
+    has a rule above it (an included file counts), else it is an ``undefined-symbol`` error.
+    """
+    out: dict[str, list[_RawRule]] = {}
+    for raw in raws:
+        if raw.kind == "rule":
+            out.setdefault(raw.head, []).append(raw)
+            continue
+        if not out.get(raw.head):
+            later = any(r.head == raw.head and r.kind == "rule" for r in raws)
+            hint = "; it has rules only below this line" if later else _suggest(raw.head, [h for h in out if out[h]])
+            diags.append(sources.diag(raw.span, "undefined-symbol",
+                                      f'{raw.kind} of "{raw.head}", which has no rule above it{hint}'))
+            continue
+        if raw.kind == "override":
+            out[raw.head] = [replace(raw, kind="rule")]
+        else:
+            out[raw.head] = [replace(r, alts=r.alts + raw.alts) for r in out[raw.head]]
+    return [r for rs in out.values() for r in rs]
 
 
 def _start(item: _RawItem, params, sources: _Sources, diags) -> Start:

@@ -34,7 +34,7 @@ from decimal import Decimal
 
 from .arch import parse
 from .errors import ArchError, EinError
-from .ops import show_value
+from .ops import BUILTIN, Library, show_value
 from .pcfg import analyse, finite_effect
 from .table import Alternative, Branches, OpCall, Ref, Rule, RuleTable, merge_params
 from .tree import Expansion, Fork, Leaf
@@ -352,8 +352,11 @@ class Fit:
 
 
 def fit_grammar(text: str, path: str, archs: Sequence[str], strength: float = DEFAULT_STRENGTH,
-                header: Sequence[str] = (), mode: str | None = None, max_rho: float = MAX_RHO) -> Fit:
+                header: Sequence[str] = (), mode: str | None = None, max_rho: float = MAX_RHO,
+                library: Library = BUILTIN) -> Fit:
     """Fit ``text``'s probabilities to the derivations of ``archs``; returns the new grammar.
+
+    ``library`` is the operation library the grammar is compiled with (plugins included).
 
     ``header`` lines become a comment at the top of the written text. Raises ``FitError`` or
     ``ArchError`` (a string that is not a derivation of the grammar).
@@ -364,11 +367,11 @@ def fit_grammar(text: str, path: str, archs: Sequence[str], strength: float = DE
         raise FitError("no architectures to fit to")
     if not (strength > 0 and math.isfinite(strength)):
         raise FitError(f"the prior strength must be a positive number, not {strength}")
-    _, _, sources = read_ein(text, path)
+    _, _, sources = read_ein(text, path, library)
     if len(sources.text) > 1:
         raise FitError(f"{path}: error: the grammar includes other files; fit rewrites one file: "
                        "inline the included files first")
-    table = compile_ein(text, path)
+    table = compile_ein(text, path, library)
     counts = count_uses(archs, table, mode)
     prior = prior_of(table)
     fitted = posterior(table, counts, strength)
@@ -382,7 +385,7 @@ def fit_grammar(text: str, path: str, archs: Sequence[str], strength: float = DE
                          f"kept rho <= {max_rho})")
         out = render(text, path, table, mix(fitted, prior, t), lines)
         try:
-            new = compile_ein(out, path)
+            new = compile_ein(out, path, library)
         except EinError as e:  # a bug here, not the user's: say so in one line
             raise FitError(f"the fitted grammar does not compile: {str(e).splitlines()[0]}") from None
         rho = spectral_radius(new)

@@ -8,9 +8,9 @@ the static ``Feature``s (shapes, modes, im2col grids) that the shape rules compu
   function, ``"getitem"`` / ``"add"`` / ``"mul"`` (any name of the ``operator`` module) the
   operator, ``".name"`` the tensor method ``name``;
 * ``ctx.module(hint, module, *inputs)``: registers ``module`` as ``{hint}_{n}`` (``linear_0``,
-  ``norm_3``; one counter per hint) and calls it;
-* ``ctx.parameter(hint, parameter, init=None)``: registers a parameter (``pos_0``) and reads it;
-  ``init`` is the source expression that made it, for einc.emit.
+  ``norm_3``; one counter per hint) and calls it; ``hint`` is the op's own ``Op.hint``;
+* ``ctx.parameter(hint, parameter, init=...)``: registers a parameter (``pos_0``) and reads it;
+  ``init``, required, is the source expression that made it, which einc.emit writes.
 
 A repeated fork (``[M]*4``) is lowered once per copy, each on its own branch, so every copy has
 its own modules and weights. Every node carries ``meta[PATH]`` (the tree path of the leaf that
@@ -41,7 +41,7 @@ from .errors import EinError, LoweringError, format_path
 from .infer import infer
 from .meta import BRANCH, FEATURE, INFO, PATH
 from .ops import IM, Feature, Features, Library, NotApplicable
-from .tree import Expansion, Fork, Leaf, Node, Path
+from .tree import Expansion, Fork, Leaf, Node, Path, deep
 from .verify import lint
 
 __all__ = ["HEAD", "lower"]
@@ -68,7 +68,7 @@ def lower(tree: Node, library: Library, input_shape: Sequence[int], num_classes:
     x = ctx.graph.placeholder("x")
     fin = inference.input
     x.meta.update({PATH: (), BRANCH: (), FEATURE: fin[0]})
-    nodes, features = ctx.walk(tree, [x], fin, ())
+    nodes, features = deep(ctx.walk(tree, [x], fin, ()))
     if len(nodes) != 1:
         raise LoweringError(f"the network ends in {len(nodes)} branches, not one feature")
     out = nodes[0]
@@ -106,6 +106,7 @@ class _Context:
         self.counts: dict[str, int] = {}
         self.inits: dict[str, str] = {}
         self.path: Path = ()
+        self.op = ""  # the operation being lowered
         self.branch: Branch = ()
         self._targets: dict[str, Callable[..., Any] | str] = {}
 
@@ -123,18 +124,29 @@ class _Context:
         return self._node(op, fn, args, kwargs)
 
     def module(self, hint: str, module: nn.Module, *inputs: fx.Node) -> fx.Node:
-        name = self._name(hint)
+        name = self._name(self._own_hint(hint))
         self.root.add_module(name, module)
         return self._node("call_module", name, inputs, {}, name=name)
 
     def parameter(self, hint: str, parameter: nn.Parameter, init: str | None = None) -> fx.Node:
-        name = self._name(hint)
+        if not isinstance(init, str) or not init.strip():
+            raise LoweringError(f'"{self.op}" makes parameter "{hint}" without init=, the source expression '
+                                f"that made it (einc.emit writes it, so the emitted file initialises it "
+                                f'the same way), e.g. init="torch.randn(1, 16) * 0.02" (at node {format_path(self.path)})')
+        name = self._name(self._own_hint(hint))
         self.root.register_parameter(name, parameter)
-        if init is not None:
-            self.inits[name] = init
+        self.inits[name] = init
         return self._node("get_attr", name, (), {}, name=name)
 
     # -- internals
+
+    def _own_hint(self, hint: str) -> str:
+        """The op's own hint: its modules are named after it here and in einc.summary alike."""
+        want = self.library[self.op].hint if self.op in self.library else hint
+        if hint != want:
+            raise LoweringError(f'"{self.op}" names a module or parameter "{hint}", but its hint is "{want}"; '
+                                f'give Op(..., hint="{hint}") (at node {format_path(self.path)})')
+        return hint
 
     def _name(self, hint: str) -> str:
         n = self.counts.get(hint, 0)
@@ -148,13 +160,14 @@ class _Context:
         node.meta[BRANCH] = self.branch
         return node
 
-    def walk(self, node: Node, nodes: list[fx.Node], fs: Features,
-             path: Path) -> tuple[list[fx.Node], Features]:
+    def walk(self, node: Node, nodes: list[fx.Node], fs: Features, path: Path):
+        """(nodes, features) after ``node``; a generator run by einc.tree.deep, so any depth
+        lowers (``x = yield self.walk(...)`` is the recursive call)."""
         if isinstance(node, Leaf):
             return self.leaf(node, nodes, fs, path)
         if isinstance(node, Expansion):
             for i, child in enumerate(node.children):
-                nodes, fs = self.walk(child, nodes, fs, path + (i,))
+                nodes, fs = yield self.walk(child, nodes, fs, path + (i,))
             return nodes, fs
         assert isinstance(node, Fork)
         if len(nodes) != node.copies:
@@ -169,7 +182,7 @@ class _Context:
             self.branch = (*outer, (path, i))
             if own and nodes[i].meta.get(BRANCH) == outer:
                 nodes[i].meta[BRANCH] = self.branch
-            got, got_fs = self.walk(node.children[j], [nodes[i]], (fs[i],), path + (j,))
+            got, got_fs = yield self.walk(node.children[j], [nodes[i]], (fs[i],), path + (j,))
             if len(got) != 1:
                 raise LoweringError(f"a branch must end in one feature (at node {format_path(path + (j,))})")
             outs.append(got[0])
@@ -189,7 +202,7 @@ class _Context:
             out_fs = op.apply(fs, leaf.args)
         except NotApplicable as e:  # infer ran first, so only a repeated copy on new input gets here
             raise LoweringError(f"{leaf.op}: {e} ({where})") from None
-        self.path = path
+        self.path, self.op = path, leaf.op
         try:
             out = list(op.lower(self, list(nodes), fs, **dict(leaf.args)))
         except EinError:

@@ -2,8 +2,9 @@
 
 Shapes are infinite, so this analysis abstracts a state to its finite part: the mode ``m``
 (or None when branches disagree), the branching factor ``b`` and the declared parameters.
-Operations act on that abstraction through their own shape rules, applied to stand-in
-features (``ops.representative``), so no operation's behaviour is written twice.
+Operations act on that abstraction through their own finite effect (``Op.finite_effect``: the
+op's ``effect`` hook, or its shape rule applied to stand-in features), so no operation's
+behaviour is written twice; the parser and the sampler use the same effect.
 
 From the abstraction come reachability (which nonterminal meets which state), the
 expectation matrix E (expected children of each kind per expansion, paper A.4), its spectral
@@ -15,12 +16,10 @@ shape-based filtering a sampler applies.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 
-from .ops import NotApplicable, mode_of, representative
 from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
 
 Key = tuple  # (nonterminal, m, b, params)
@@ -38,17 +37,10 @@ def show_state(key: Key) -> str:
     return ", ".join(parts)
 
 
-@lru_cache(maxsize=4096)
 def finite_effect(table: RuleTable, call: OpCall, m: str | None, b: int) -> tuple[str | None, int] | None:
     """(mode, branching factor) after ``call`` in a state with (m, b), or None if it refuses."""
     op = table.library.get(call.op)
-    if op is None:
-        return None
-    try:
-        out = op.apply(representative(m, b), call.args)
-    except NotApplicable:
-        return None
-    return mode_of(out), len(out)
+    return None if op is None else op.finite_effect(m, b, call.args)
 
 
 @dataclass

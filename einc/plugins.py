@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import EinError
 from .ops import Op
+from .ops.base import OpError
 
 
 def load_plugin(path: str | Path) -> list[Op]:
@@ -23,10 +24,22 @@ def load_plugin(path: str | Path) -> list[Op]:
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # the user's code: whatever it raises is reported, in one line
-        where = f"{path}:{e.lineno}" if isinstance(e, SyntaxError) and e.lineno else str(path)
-        raise EinError(f"{where}: error: cannot load plugin: {type(e).__name__}: "
-                       + (str(e).splitlines() or [""])[0]) from None
+        line = e.lineno if isinstance(e, SyntaxError) else _line_in(e, p)
+        where = f"{path}:{line}" if line else str(path)
+        what = "" if isinstance(e, OpError) else f"{type(e).__name__}: "  # an OpError names the op itself
+        raise EinError(f"{where}: error: cannot load plugin: {what}" + (str(e).splitlines() or [""])[0]) from None
     ops = getattr(module, "OPS", None)
     if not isinstance(ops, (list, tuple)) or not all(isinstance(o, Op) for o in ops):
         raise EinError(f"{path}: error: a plugin defines OPS, a list of einc.ops.Op")
     return list(ops)
+
+
+def _line_in(e: BaseException, path: Path) -> int | None:
+    """The line of ``path`` that was running when ``e`` was raised (the innermost such frame)."""
+    line, target = None, str(path.resolve())
+    tb = e.__traceback__
+    while tb is not None:
+        if str(Path(tb.tb_frame.f_code.co_filename).resolve()) == target:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from .arch import MAX_NESTING
 from .errors import EinError
-from .ops import Features, NotApplicable, feature_for, mode_of
+from .ops import Args, Features, NotApplicable, Op, feature_for, mode_of
 from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
 from .tree import Expansion, Fork, Leaf, Node
 
@@ -94,7 +94,6 @@ class Sampler:
         self.budget = budget
         self.max_backtracks = max_backtracks
         self.max_attempts = max_attempts
-        self.stats = {"attempts": 0, "backtracks": 0}
 
     # -- public
 
@@ -113,7 +112,6 @@ class Sampler:
         choose = _weighted(rng) if isinstance(rng, random.Random) else rng
         budget = budget or self.budget
         for _ in range(self.max_attempts):
-            self.stats["attempts"] += 1
             result = self._attempt(head, features, uparams, choose, budget, depth, mult)
             if result is not None and result[0] != avoid:
                 return result
@@ -150,7 +148,7 @@ class Sampler:
                     if isinstance(el, OpCall):
                         op = lib[el.op]
                         try:
-                            out = op.apply(feats, el.args)
+                            out = _apply(op, feats, el.args)
                         except NotApplicable:
                             failed = True
                         else:
@@ -189,7 +187,6 @@ class Sampler:
             if failed:
                 while True:
                     if not choices or backtracks >= self.max_backtracks:
-                        self.stats["backtracks"] += backtracks
                         return None
                     backtracks += 1
                     before, chead, cands, cdepth, cmult, cup = choices.pop()
@@ -212,7 +209,7 @@ class Sampler:
             first = alt.body[0]
             if isinstance(first, OpCall):  # look ahead: the leading op must accept the features
                 try:
-                    lib[first.op].apply(feats, first.args)
+                    _apply(lib[first.op], feats, first.args)
                 except NotApplicable:
                     continue
             cands.append((alt, alt.prob))
@@ -263,9 +260,18 @@ class Sampler:
         return used[0] > b.max_params or used[1] > b.max_flops or used[2] > b.max_activations or used[3] > b.max_nodes
 
 
+def _apply(op: Op, feats: Features, args: Args) -> Features:
+    """The op's shape rule on the real features, refused too where its finite effect refuses
+    or disagrees: the parser (einc.arch) and the analysis know only the finite effect, so a
+    sampled string always parses back."""
+    out = op.apply(feats, args)
+    if op.finite_effect(mode_of(feats), len(feats), args) != (mode_of(out), len(out)):
+        raise NotApplicable(f'"{op.name}": its finite effect disagrees with its shape rule here')
+    return out
+
+
 def _env(feats: Features, uparams: tuple) -> dict:
     return {"m": mode_of(feats), "b": len(feats), **dict(uparams)}
-
 
 
 def _weighted(rng: random.Random) -> Chooser:

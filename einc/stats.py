@@ -19,7 +19,8 @@ def table6_rows(trees: Iterable[Expansion]) -> dict[str, list[float]]:
     return rows
 
 
-def summary(values: list[float]) -> dict[str, float]:
+def five_numbers(values: list[float]) -> dict[str, float]:
+    """min, mean, median, std and max of ``values``."""
     return {"min": min(values), "mean": statistics.fmean(values), "median": statistics.median(values),
             "std": statistics.pstdev(values), "max": max(values)}
 
@@ -27,6 +28,6 @@ def summary(values: list[float]) -> dict[str, float]:
 def describe(rows: dict[str, list[float]]) -> str:
     lines = [f"{'':18s}{'min':>8s}{'mean':>10s}{'median':>10s}{'std':>10s}{'max':>10s}"]
     for name, values in rows.items():
-        s = summary(values)
+        s = five_numbers(values)
         lines.append(f"{name:18s}{s['min']:8.2f}{s['mean']:10.2f}{s['median']:10.2f}{s['std']:10.2f}{s['max']:10.2f}")
     return "\n".join(lines)

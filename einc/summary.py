@@ -21,9 +21,6 @@ from .infer import Inference
 from .ops import IM, Library, show_value
 from .tree import Expansion, Fork, Leaf, Node, Path
 
-# The hint an op's lower hook names its module with, where it is not the op's name.
-_HINTS = {"pos-enc": "pos"}
-
 __all__ = ["Row", "rows", "summary"]
 
 
@@ -40,7 +37,7 @@ class Row:
 def rows(inference: Inference, library: Library, num_classes: int | None = None,
          tree: Node | None = None) -> list[Row]:
     """The table's rows; with ``tree`` (the inferred one), rows get einc.lower's names."""
-    names = _names(tree) if tree is not None else {}
+    names = _names(tree, library) if tree is not None else {}
     out = []
     for layer in inference.layers:
         mine = names.get(layer.path, [])
@@ -82,7 +79,7 @@ def summary(inference: Inference, library: Library, num_classes: int | None = No
     return "\n".join(lines)
 
 
-def _names(tree: Node) -> dict[Path, list[str]]:
+def _names(tree: Node, library: Library) -> dict[Path, list[str]]:
     """Names of each leaf's instances, numbered per hint in the order einc.lower walks.
 
     einc.lower lowers a repeated subtree once per copy, copy after copy; a row of infer
@@ -94,7 +91,8 @@ def _names(tree: Node) -> dict[Path, list[str]]:
     while stack:
         node, path = stack.pop()
         if isinstance(node, Leaf):
-            hint = _HINTS.get(node.op, node.op.replace("-", "_"))
+            op = library.get(node.op)
+            hint = op.hint if op is not None else node.op.replace("-", "_")
             n = counts.get(hint, 0)
             counts[hint] = n + 1
             names.setdefault(path, []).append(f"{hint}_{n}")

@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Iterable, Mapping
 
 from . import aggregation, branching, computation, routing
-from .base import Args, Cost, NotApplicable, Op, Param, Value, show_value
+from .base import GROUPS, Args, Cost, Effect, NotApplicable, Op, OpError, Param, Value, show_value
 from .state import COL, IM, MODES, Feature, Features, feature_for, mode_of, representative
 
 
@@ -46,6 +46,6 @@ class Library(Mapping[str, Op]):
 
 BUILTIN = Library([*branching.OPS, *aggregation.OPS, *routing.OPS, *computation.OPS])
 
-__all__ = ["Args", "BUILTIN", "COL", "Cost", "Feature", "Features", "IM", "Library", "MODES",
-           "NotApplicable", "Op", "Param", "Value", "feature_for", "mode_of", "representative",
+__all__ = ["Args", "BUILTIN", "COL", "Cost", "Effect", "Feature", "Features", "GROUPS", "IM", "Library", "MODES",
+           "NotApplicable", "Op", "OpError", "Param", "Value", "feature_for", "mode_of", "representative",
            "show_value"]

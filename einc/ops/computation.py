@@ -78,6 +78,6 @@ RELU = Op("relu", "computation", (), _same, _elementwise_cost, _lower_relu,
           doc=f"leaky ReLU, slope {LEAKY_SLOPE}")
 SOFTMAX = Op("softmax", "computation", (), _same, _elementwise_cost, _lower_softmax,
              doc="softmax over the last dim")
-POS_ENC = Op("pos-enc", "computation", (), _same, _pos_enc_cost, _lower_pos_enc,
+POS_ENC = Op("pos-enc", "computation", (), _same, _pos_enc_cost, _lower_pos_enc, hint="pos",
              doc=f"learnable table of the feature's shape, added; init N(0, {POS_ENC_STD}^2)")
 OPS = (LINEAR, NORM, RELU, SOFTMAX, POS_ENC)

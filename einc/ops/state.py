@@ -52,9 +52,13 @@ def mode_of(features: Features) -> str | None:
     return modes.pop() if len(modes) == 1 else None
 
 
-# Stand-ins for the finite abstraction of a state (mode, branching factor): large enough that
-# every shape rule of the library accepts them unless the *mode* or *count* is wrong.
-_GENERIC = {IM: Feature((64, 64, 64), IM), COL: Feature((64, 64), COL, (8, 8))}
+# Stand-ins for the finite abstraction of a state (mode, branching factor): large and highly
+# divisible (N = 2^6 3^2 5 7 11 13 = 2,882,880: every b up to 16 and every power of 2 up to 64
+# divides it), so that every shape rule that only needs sizes big enough or divisible by a
+# small factor (a stride-3 pool) accepts them unless the *mode* or *count* is wrong. An op whose
+# rule needs more (H == W, say) gives its own ``Op.effect``.
+_N = 2**6 * 3**2 * 5 * 7 * 11 * 13
+_GENERIC = {IM: Feature((_N, _N, _N), IM), COL: Feature((_N * _N, _N * _N), COL, (_N, _N))}  # square: matmul
 
 
 def representative(mode: str | None, b: int) -> Features:
