@@ -161,7 +161,9 @@ class RayEvaluator:
                 ray.init(address=None if local else address, **kwargs)
             except Exception as e:  # ConnectionError, ValueError, ...: one line, no traceback
                 where = "start a local Ray runtime" if local else f"connect to the Ray cluster at {address}"
-                raise EvaluatorError(f"error: cannot {where}: {_reason(e)}") from None
+                hint = "" if local else (" (is Ray running there, and does this machine have the cluster's token: "
+                                         "RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN or ~/.ray/auth_token?)")
+                raise EvaluatorError(f"error: cannot {where}: {_reason(e)}{hint}") from None
             self._owns_runtime, self._connected = local, True
         try:
             self._plan(workers, gpus_per_eval, cpus_per_eval)

@@ -119,7 +119,7 @@ def test_a_worker_killed_mid_evaluation_is_retried(cluster, tmp_path):
     from einc.runtime.cluster import RayEvaluator
     from einc.runtime.search import SearchConfig, run_search
 
-    config = SearchConfig(data="digits10", strategy="rs", budget=6, workers=2, epochs=3, batch_size=64,
+    config = SearchConfig(data="digits10", strategy="rs", budget=4, workers=2, epochs=2, batch_size=64,
                           max_params=20_000, max_flops=2_000_000, seed=1)
     ev = RayEvaluator(workers=2, retries=1)
     killed = []
@@ -142,7 +142,7 @@ def test_a_worker_killed_mid_evaluation_is_retried(cluster, tmp_path):
         killed.append("stop")
     evals = _records(tmp_path)
     assert killed[0] != "stop" and ev.resubmitted >= 1
-    assert sorted(e["index"] for e in evals) == list(range(6))
+    assert sorted(e["index"] for e in evals) == list(range(4))
     assert all(e["status"] == "ok" for e in evals)
 
 
@@ -180,3 +180,20 @@ def test_without_ray_the_search_names_the_extra(monkeypatch, tmp_path):
 def test_ray_settings_need_ray(tmp_path):
     r = CliRunner().invoke(main, ["search", "--retries", "2", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "apply to --ray only" in r.output
+
+
+def test_a_node_that_dies_mid_evaluation(cluster):  # last: the cluster keeps one node after it
+    from einc.runtime.cluster import RayEvaluator
+
+    with RayEvaluator(workers=2, retries=1) as ev:
+        ev.submit(Job("a", _jobs.sleep, {"seconds": 2.0}))
+        ev.submit(Job("b", _jobs.sleep, {"seconds": 2.0}))
+        deadline = time.monotonic() + 60
+        while sum(s.job is not None and s.pid is not None for s in ev._slots) < 2 and time.monotonic() < deadline:
+            ev._wait()  # starts the actors and dispatches, as results() does
+            ev._dispatch()
+        cluster.remove_node(next(iter(cluster.worker_nodes)))
+        outcomes = {o.key: o for o in ev.results()}
+        assert ev.resubmitted == 1
+    assert all(o.ok for o in outcomes.values()), outcomes
+    assert len({o.worker for o in outcomes.values()}) == 1  # both ran on the head, one after the other
