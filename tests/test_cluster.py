@@ -54,12 +54,13 @@ def _records(out: Path, kind: str = "eval") -> list[dict]:
 def test_evaluator_outcomes_failures_and_worker_death(cluster):
     from einc.runtime.cluster import RayEvaluator
 
-    with RayEvaluator(workers=2, retries=1) as ev:
+    with RayEvaluator(workers=2, retries=1, time_limit=3) as ev:
         assert (ev.cpus_per_eval, ev.gpus_per_eval) == (1.0, 0.0)
         for key, fn, kw in [("sq", _jobs.square, {"x": 3}), ("boom", _jobs.boom, {}),
-                            ("kill", _jobs.self_kill, {}), ("np", _jobs.numpy_result, {})]:
+                            ("kill", _jobs.self_kill, {}), ("np", _jobs.numpy_result, {}),
+                            ("slow", _jobs.sleep, {"seconds": 60})]:
             ev.submit(Job(key, fn, kw))
-        assert ev.pending == 4
+        assert ev.pending == 5
         seen = {}
         for outcome in ev.results():
             seen[outcome.key] = outcome
@@ -72,9 +73,11 @@ def test_evaluator_outcomes_failures_and_worker_death(cluster):
     kill = seen["kill"]  # killed by SIGKILL twice: the first try and its one retry
     assert kill.status == "failed" and kill.reason.startswith("WorkerDied: the Ray worker died")
     assert "tried 2 times" in kill.reason
+    assert seen["slow"].reason == "Timeout: time limit of 3s exceeded; worker killed"
+    assert 3 <= seen["slow"].seconds < 10
     assert all(o.worker.startswith("ray-") and o.finished >= o.started > 0 for o in seen.values())
     # one actor per node: each node has one CPU
-    nodes = {o.worker.split("/")[-1] for o in seen.values() if o.key != "kill"}
+    nodes = {o.worker.split("/")[-1] for o in seen.values() if o.key not in ("kill", "slow")}
     assert len(nodes) == 2
     deadline = time.time() + 10  # closing freed the actors' CPUs
     while ray_cpus() < 2 and time.time() < deadline:
