@@ -103,8 +103,8 @@ def main() -> None:
     finally:
         ray.shutdown()
     same = all(r["archs"] == results["local"][0]["archs"] for rs in results.values() for r in rs)
-    med = {b: {k: statistics.median(r[k] for r in rs) for k in ("phase_rate", "total_rate", "first_s", "overhead_ms", "overhead_pct", "eval_s")}
-           for b, rs in results.items()}
+    keys = ("phase_rate", "total_rate", "first_s", "overhead_ms", "overhead_pct", "eval_s")
+    med = {b: {k: statistics.median(r[k] for r in rs) for k in keys} for b, rs in results.items()}
     print(f"\nsearch: rs on {args.data}, {args.budget} evaluations, {args.workers} workers, {args.epochs} epochs, "
           f"batch {args.batch_size}; same candidates in every run: {same}; Ray runtime start {ray_start:.1f}s "
           f"(once, not counted); medians of {args.repeats} runs each")

@@ -354,6 +354,7 @@ class RayEvaluator:
             return
         except ray.exceptions.RayError as e:  # the actor, its process or its node died
             job, attempt = slot.job, slot.attempt
+            assert job is not None
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             if attempt < self.retries:
                 slot.job = slot.ref = None

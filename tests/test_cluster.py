@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import _jobs
 from einc.cli import main
 from einc.runtime.evaluate import EvaluatorError, Job
+
+import _jobs
 
 SEARCH = ["--data", "digits10", "--strategy", "rs", "--epochs", "1", "--batch-size", "64",
           "--max-params", "20000", "--max-flops", "2000000", "--seed", "1"]
