@@ -68,17 +68,17 @@ def prepare(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, d
         sharing = -(-workers // max(1, torch.cuda.device_count()))
         if sharing > 1:
             limit_memory(0.95 / sharing, dev)
-    warm_up(dev, _dataset(data, data_seed))
+    warm_up(dev, _dataset(data, data_seed), compile_model=compile_model)
 
 
 def _model(arch: str, grammar: Any, plugins: tuple[str, ...], input_shape: tuple[int, ...], num_classes: int,
            compile_model: bool):
     import einc
 
-    # a path or bundled name is loaded once per process; a compiled Grammar (shipped by a remote backend) is used as is
+    # a path or bundled name is loaded once per process; a compiled Grammar (from a remote backend) is used as is
     g = _grammar(grammar, tuple(plugins)) if isinstance(grammar, str) else grammar
     parsed = g.parse(arch, input_shape)
-    model = einc.build(parsed, input_shape=input_shape, num_classes=num_classes)
+    model: Any = einc.build(parsed, input_shape=input_shape, num_classes=num_classes)
     if compile_model:
         import torch
 

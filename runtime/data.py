@@ -190,7 +190,7 @@ def load_pair(x_path: str | Path, y_path: str | Path, seed: int = 0, num_classes
     perm = np.random.default_rng(seed).permutation(len(x))
     a, b = max(1, round(0.70 * len(x))), max(2, round(0.85 * len(x)))
     b = min(b, len(x) - 1)
-    parts = dict(zip(SPLITS, np.split(perm, [a, b])))
+    parts = dict(zip(SPLITS, np.split(perm, [a, b]), strict=False))
     arrays = {f"{s}_{v}": arr[parts[s]] for s in SPLITS for v, arr in (("x", x), ("y", y))}
     where = {f"{s}_{v}": f"{xp if v == 'x' else yp} ({s} split)" for s in SPLITS for v in ("x", "y")}
     classes = int(y.max()) + 1 if num_classes is None else num_classes  # all labels, not just train's
@@ -204,7 +204,7 @@ def digits(seed: int = 0, normalise: bool = True) -> Dataset:
     perm = rng.permutation(len(images))
     parts = np.split(perm, [int(0.70 * len(perm)), int(0.85 * len(perm))])
     arrays: dict[str, np.ndarray] = {}
-    for split, idx in zip(SPLITS, parts):
+    for split, idx in zip(SPLITS, parts, strict=False):
         arrays[f"{split}_x"] = images[idx][:, None]  # (n, 1, 8, 8)
         arrays[f"{split}_y"] = labels[idx]
     return _finish("digits10", arrays, {k: f"digits10 ({k})" for k in KEYS}, 10, normalise)
@@ -226,7 +226,7 @@ def digits_task(seed: int = 0, sizes: tuple[int, int, int] = (5000, 1000, 1000),
     perm = rng.permutation(len(images))
     pools = np.split(perm, [int(0.70 * len(perm)), int(0.85 * len(perm))])
     arrays: dict[str, np.ndarray] = {}
-    for split, pool, size in zip(SPLITS, pools, sizes):
+    for split, pool, size in zip(SPLITS, pools, sizes, strict=False):
         pick = pool[rng.integers(0, len(pool), size=(size, count))]  # (size, count) base-image indices
         arrays[f"{split}_x"] = images[pick]                            # (size, count, 8, 8)
         arrays[f"{split}_y"] = digits[pick].sum(axis=1)
@@ -244,7 +244,8 @@ def _digits_base() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_data(spec: str, seed: int = 0, normalise: bool = True) -> Dataset:
-    """Resolve a data spec: ``"digits"`` (two-digit sums), ``"digits3"``, ``"digits10"``, an Unseen-NAS folder, a ``.npz`` file, or ``"x.npy,y.npy"``.
+    """Resolve a data spec: ``"digits"`` (two-digit sums), ``"digits3"``, ``"digits10"``, an Unseen-NAS
+    folder, a ``.npz`` file, or ``"x.npy,y.npy"``.
 
     ``seed`` only matters where the loader draws a split (``digits``, an x/y pair).
     """

@@ -19,19 +19,24 @@ def _kind(r: dict) -> str:
     return r.get("kind", "eval")
 
 
+def _scored(records: list[dict]) -> list[tuple[dict, float]]:
+    """(record, validation accuracy) of each successful evaluation."""
+    return [(r, a) for r in records if (a := _acc(r)) is not None]
+
+
 def pareto(records: list[dict], cost: str) -> list[dict]:
     """The successful evaluations no other beats on both accuracy (higher) and ``cost`` (lower).
 
     Repeats (``duplicate_of``) are left out: they are the same network as their original; with
     multi-fidelity, only each architecture's longest training counts.
     """
-    longest: dict[str, dict] = {}
-    for r in records:
-        if _acc(r) is not None and r.get(cost) is not None and "duplicate_of" not in r:
-            if r["arch"] not in longest or r.get("rung", 0) > longest[r["arch"]].get("rung", 0):
-                longest[r["arch"]] = r
-    pts = sorted(((r, _acc(r), r[cost]) for r in longest.values()),
-                 key=lambda t: (t[2], -t[1], t[0]["index"]))
+    longest: dict[str, tuple[dict, float]] = {}
+    for r, acc in _scored(records):
+        if r.get(cost) is None or "duplicate_of" in r:
+            continue
+        if r["arch"] not in longest or r.get("rung", 0) > longest[r["arch"]][0].get("rung", 0):
+            longest[r["arch"]] = (r, acc)
+    pts = sorted(((r, acc, r[cost]) for r, acc in longest.values()), key=lambda t: (t[2], -t[1], t[0]["index"]))
     front, best = [], float("-inf")
     for r, acc, c in pts:  # cheapest first: a point is on the front if it beats every cheaper one
         if acc > best:
@@ -48,7 +53,8 @@ def summarize(config, grammar, shape, num_classes: int, records: list[dict[str, 
     best = max(ok, key=lambda r: (score(r), -r["index"])) if ok else None
     trained = [r for r in evals if "duplicate_of" not in r]
     seeds = {}
-    for name, text in zip(config.seed_names or [f"seed {i}" for i in range(len(config.seeds))], config.seeds):
+    names = config.seed_names or [f"seed {i}" for i in range(len(config.seeds))]
+    for name, text in zip(names, config.seeds, strict=True):
         canonical = grammar.parse(text, shape).text
         rec = next((r for r in evals if r["arch"] == canonical and "duplicate_of" not in r), None)
         seeds[name] = _acc(rec) if rec else None
@@ -67,7 +73,7 @@ def summarize(config, grammar, shape, num_classes: int, records: list[dict[str, 
         "best_index": best["index"] if best else None,
         "best_params": best.get("params") if best else None,  # backbone only: the head is not counted
         "best_test_acc": (final or {}).get("metrics", {}).get("test_acc"),
-        "mean_val_acc": statistics.fmean(_acc(r) for r in ok) if ok else None,
+        "mean_val_acc": statistics.fmean(a for _, a in _scored(ok)) if ok else None,
         "best_epochs": best.get("epochs", config.epochs) if best else None,
         "training_epochs": sum(r.get("epochs", config.epochs) for r in trained),
         "promotions": sum(1 for r in trained if r.get("origin") == "promotion"),
@@ -143,9 +149,10 @@ def format_summary(s: dict[str, Any], out: Path | None = None) -> str:
                      f"{s['best_epochs']} epochs): validation {pct(s['best_val_acc'])}, "
                      f"test after retraining {pct(s['best_test_acc'])}")
         if s["promotions"]:
-            lines.append(f"  multi-fidelity: {s['promotions']} promotions, {s['training_epochs']} training epochs in all")
-        lines.append(f"  Pareto front (accuracy vs params): {len(s['pareto'])} evaluations "
-                     f"({', '.join(str(p['index']) for p in s['pareto'][:8])}{', ...' if len(s['pareto']) > 8 else ''})")
+            lines.append(f"  multi-fidelity: {s['promotions']} promotions, "
+                         f"{s['training_epochs']} training epochs in all")
+        front = ", ".join(str(p["index"]) for p in s["pareto"][:8]) + (", ..." if len(s["pareto"]) > 8 else "")
+        lines.append(f"  Pareto front (accuracy vs params): {len(s['pareto'])} evaluations ({front})")
     if s.get("evaluations_per_minute") is not None:
         lines.append(f"  this session: {s['evaluations_per_minute']} evaluations/minute, workers busy "
                      f"{pct(s['busy'])}, {pct(s['share_outside_training'])} of worker time outside training")
@@ -189,9 +196,8 @@ def _plot(path: Path, records: list[dict], strategy: str) -> None:
 
     evals = sorted((r for r in records if _kind(r) == "eval"), key=lambda r: r["index"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
-    xs = [r["index"] for r in evals if _acc(r) is not None]
-    ys = [100 * _acc(r) for r in evals if _acc(r) is not None]
-    ax.scatter(xs, ys, s=12, alpha=0.6, label="evaluation")
+    scored = _scored(evals)
+    ax.scatter([r["index"] for r, _ in scored], [100 * a for _, a in scored], s=12, alpha=0.6, label="evaluation")
     best, curve = float("-inf"), []
     for r in evals:
         a = _acc(r)
@@ -206,12 +212,11 @@ def _plot(path: Path, records: list[dict], strategy: str) -> None:
     ax.set_title(f"einc search ({strategy})")
     ax.legend(loc="lower right", fontsize=8)
 
-    pts = [(r["params"], 100 * _acc(r)) for r in evals
-           if _acc(r) is not None and r.get("params") and "duplicate_of" not in r]
+    pts = [(r["params"], 100 * a) for r, a in scored if r.get("params") and "duplicate_of" not in r]
     if pts:
-        ax2.scatter(*zip(*pts), s=12, alpha=0.5, label="evaluation")
+        ax2.scatter(*zip(*pts, strict=False), s=12, alpha=0.5, label="evaluation")
         front = [(p["params"], 100 * p["val_acc"]) for p in pareto(evals, "params")]
-        ax2.step(*zip(*front), where="post", color="C3", marker="o", ms=4, label="Pareto front")
+        ax2.step(*zip(*front, strict=False), where="post", color="C3", marker="o", ms=4, label="Pareto front")
         ax2.set_xscale("log")
         ax2.legend(loc="lower right", fontsize=8)
     ax2.set_xlabel("parameters (backbone)")

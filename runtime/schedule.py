@@ -131,8 +131,8 @@ class Scheduler:
         for rung in range(len(self.rungs) - 2, -1, -1):
             done = [r for r in self.results.values()
                     if r.get("rung", 0) == rung and "duplicate_of" not in r]
-            ok = sorted((r for r in done if fitness(r) is not None), key=lambda r: (-fitness(r), r["index"]))
-            for r in ok[:len(done) // self.eta]:
+            ok = sorted(((r, f) for r in done if (f := fitness(r)) is not None), key=lambda t: (-t[1], t[0]["index"]))
+            for r, _ in ok[:len(done) // self.eta]:
                 if r["index"] not in self.promoted:
                     return r["index"]
         return None

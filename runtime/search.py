@@ -12,9 +12,10 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from einc.errors import EinError
 
@@ -76,9 +77,9 @@ class SearchConfig:
 
     def train(self, epochs: int | None = None) -> dict[str, Any]:
         """Training settings of one job; ``epochs`` defaults to the longest any evaluation trains."""
-        return {"epochs": epochs or (self.fidelity[-1] if self.fidelity else self.epochs), "lr": self.lr, "weight_decay": self.weight_decay,
-                "batch_size": self.batch_size, "seed": self.seed, "time_limit": self.time_limit,
-                "amp": self.amp, "graphs": self.graphs}
+        return {"epochs": epochs or (self.fidelity[-1] if self.fidelity else self.epochs), "lr": self.lr,
+                "weight_decay": self.weight_decay, "batch_size": self.batch_size, "seed": self.seed,
+                "time_limit": self.time_limit, "amp": self.amp, "graphs": self.graphs}
 
     def job_context(self) -> dict[str, Any]:
         """What every evaluation job needs besides its architecture (plain data: it travels to workers)."""
@@ -86,7 +87,7 @@ class SearchConfig:
                 "device": self.device, "compile_model": self.compile}
 
     @classmethod
-    def load(cls, path: Path) -> "SearchConfig":
+    def load(cls, path: Path) -> SearchConfig:
         try:
             raw = json.loads(path.read_text())
             known = {f.name for f in fields(cls)}
@@ -125,7 +126,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
     from .candidate import evaluate, final_test, prepare
     from .evaluate import Job, LocalEvaluator
-    from .schedule import ReplayError, Scheduler, fitness, score
+    from .schedule import ReplayError, Scheduler, fitness
 
     out = Path(out)
     cfg_path, journal = out / "config.json", Journal(out / "journal.jsonl")
@@ -255,7 +256,7 @@ def _setup(config: SearchConfig):
     sampler = Sampler(grammar.table, shape, budget)
     rng = random.Random(config.seed)
     names = config.seed_names or tuple(f"seed {i}" for i in range(len(config.seeds)))
-    seeds = tuple(_seed_tree(grammar, text, name, shape) for text, name in zip(config.seeds, names))
+    seeds = tuple(_seed_tree(grammar, text, name, shape) for text, name in zip(config.seeds, names, strict=False))
     if config.strategy == "re":
         return grammar, data, RegularisedEvolution(sampler, rng, config.population, config.tournament, seeds)
     return grammar, data, RandomSearch(sampler, rng, config.strategy)

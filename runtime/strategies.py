@@ -19,7 +19,6 @@ from einc.mutate import mutate
 from einc.sample import Sampler, SamplingError
 from einc.tree import Expansion
 
-
 Avoid = Callable[[Expansion], bool]
 """True for a tree the search has already proposed (evaluated or in flight)."""
 
@@ -90,7 +89,7 @@ class RegularisedEvolution:
 
     def __init__(self, sampler: Sampler, rng: random.Random, population: int = 100, tournament: int = 10,
                  seeds: tuple[Expansion, ...] = ()):
-        if population < 1 or not 1 <= tournament:
+        if population < 1 or not tournament >= 1:
             raise ValueError("population and tournament sizes must be positive")
         self.sampler, self.rng = sampler, rng
         self.size, self.tournament, self.seeds = population, tournament, tuple(seeds)
