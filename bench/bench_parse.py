@@ -13,7 +13,8 @@ import random
 import time
 
 import einc
-from einc.arch import _parse_cached, _tokens, parse, parse_syntax, parse_syntax_lark, show
+from einc.derivation import _parse_cached, parse
+from einc.notation import _tokens, parse_syntax, parse_syntax_lark, show
 from einc.sample import Budget, Sampler
 
 GROUPS = ((100, 250), (250, 500), (500, 1000))

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .arch import parse, show
+from .derivation import parse
+from .notation import show
 from .ein import compile_ein, load as load_table
 from .errors import ArchError, EinError
 from .sample import Budget

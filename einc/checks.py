@@ -7,8 +7,9 @@ earlier one found errors they would merely echo.
 from __future__ import annotations
 
 import itertools
+import math
 import operator
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import Diagnostic
 from .ops import MODES, show_value
@@ -53,7 +54,7 @@ def _common_env(table: RuleTable, a, b) -> dict | None:
     bs = sorted({1} | {v for r in (a, b) for g in r.guards if g.param == "b" for v in g.values
                        if type(v) is int})  # other values are bad-guard errors already
     for m, bval, *rest in itertools.product(MODES, bs, *[sorted(vs, key=repr) for _, vs in params]):
-        env = {"m": m, "b": bval, **{k: v for (k, _), v in zip(params, rest)}}
+        env = {"m": m, "b": bval, **{k: v for (k, _), v in zip(params, rest, strict=True)}}
         if a.matches(env) and b.matches(env):
             return env
     return None
@@ -155,7 +156,8 @@ def _names_at(table: RuleTable, key, diag: Diag) -> list[Diagnostic]:
             continue
         _, what0, chain0, alt0 = first[name]
         label_clash = isinstance(what, str) or isinstance(what0, str)
-        if (chain != chain0 and (label_clash or what == what0)) or (chain == chain0 and label_clash and alt.label != alt0.label):
+        if (chain != chain0 and (label_clash or what == what0)) or (
+                chain == chain0 and label_clash and alt.label != alt0.label):
             out.append(diag(alt.span, "ambiguous-name",
                             f'"{name}" would stand for two derivations of "{head0}": {_way(first[name])} and '
                             f"{_way(way)}; bracket notation could not tell them apart: rename a label or add one"))
@@ -178,7 +180,7 @@ def check_consistency(table: RuleTable, diag: Diag, mode: str) -> tuple[list[Dia
         span = table.rules[recursive[0]][0].span
         crit = report.critical.get(recursive[0], (float("nan"),))[0]
         hint = (f'; raise the probability of "{recursive[0]}"\'s terminating alternatives above {crit:.4g}'
-                if crit == crit else "")
+                if not math.isnan(crit) else "")
         out.append(diag(span, "inconsistent",
                         f"the grammar is not consistent: spectral radius {report.rho:.4f} >= 1{hint}"))
     return out, report

@@ -294,7 +294,7 @@ def sample(grammar, input_shape, count, seed, p_stop, as_json, verify, plugins, 
     """Print COUNT architectures sampled from GRAMMAR (a .ein path or a bundled name)."""
     import random
 
-    from .arch import show
+    from .notation import show
     from .infer import infer
     from .sample import Sampler
     from .tree import counts
@@ -589,7 +589,7 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
     """
     import warnings
 
-    from .arch import show
+    from .notation import show
     from .ein import grammar_path
     from .fit import FitError, fit_grammar, parse_either
     from einc.runtime.journal import Journal

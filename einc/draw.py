@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .arch import show
+from .notation import show
 from .errors import EinError, ShapeError
 from .ops import Feature, Features, Library, NotApplicable, feature_for
 from .tree import Expansion, Fork, Leaf, Node

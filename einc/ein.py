@@ -7,8 +7,9 @@ and raises one ``EinCheckError`` holding every error found.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class _RawOp:
         """One sorted args tuple per variant: the product over the variant sets."""
         axes = []
         for names, values in self.choices:
-            axes.append([tuple(zip(names, v if len(names) > 1 else (v,))) for v in values])
+            axes.append([tuple(zip(names, v if len(names) > 1 else (v,), strict=True)) for v in values])
         out = []
         for combo in itertools.product(*axes):
             args = dict(self.fixed)
@@ -359,10 +360,8 @@ def _read_text(text: str, key: str, sources: _Sources, diags: list[Diagnostic]) 
             stack.pop()
         elif isinstance(item, _RawItem) and item.kind == "include":
             target = Path(key).parent / item.data[0]
-            try:
+            with contextlib.suppress(OSError, ValueError, RuntimeError):  # a name too long, a NUL: _load reports it
                 target = target.resolve() if target.exists() else _bundled_include(item.data[0], target)
-            except (OSError, ValueError, RuntimeError):  # a name too long, a NUL: _load reports it
-                pass
             inner = _load(target, sources, chain, names, diags, item.span)
             if inner is not None:
                 tkey = str(target)
@@ -460,9 +459,10 @@ def _start(item: _RawItem, params, sources: _Sources, diags) -> Start:
     if shape is not None:
         implied = "Im" if len(shape) == 3 else "Col"
         if mode not in (None, implied):
-            diags.append(sources.diag(item.span, "bad-start", f"shape {show_value(shape)} is {implied} mode, not {mode}"))
+            diags.append(sources.diag(item.span, "bad-start",
+                                      f"shape {show_value(shape)} is {implied} mode, not {mode}"))
         mode = implied
-    for name, domain in params.items():
+    for name in params:
         if name not in values:
             diags.append(sources.diag(item.span, "bad-start", f'start gives no value to parameter "{name}"'))
     return Start(symbol, shape, mode, tuple(sorted(values.items())), item.span)
@@ -534,12 +534,12 @@ def _variants_of_one_body(a: tuple, b: tuple) -> bool:
         if isinstance(el, tuple):  # ("ref", name, settings, span)
             return ("ref", el[1], tuple((n, v) for n, v, _ in el[2]))
         return ("branches", el)
-    return len(a) == len(b) and all(shape(x) == shape(y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(shape(x) == shape(y) for x, y in zip(a, b, strict=True))
 
 
 def _alternatives(rule: _RawRule, params, library: Library, sources: _Sources, diags) -> tuple[Alternative, ...]:
     """Expand op variants and give every alternative its probability and label."""
-    labels = dict(zip(map(id, rule.alts), _labels(rule, sources, diags)))
+    labels = dict(zip(map(id, rule.alts), _labels(rule, sources, diags), strict=True))
     expanded: list[tuple[_RawAlt, tuple]] = []  # (raw alt, body) per variant
     for alt in rule.alts:
         bodies: list[list] = [[]]
@@ -615,7 +615,8 @@ def _op_variants(raw: _RawOp, library: Library, sources: _Sources, diags) -> lis
     for names in [(n,) for n, _ in raw.fixed] + [n for n, _ in raw.choices]:
         for n in names:
             if n in seen:
-                diags.append(sources.diag(raw.span, "duplicate-param", f'"{raw.name}" hyperparameter "{n}" is given twice'))
+                diags.append(sources.diag(raw.span, "duplicate-param",
+                                          f'"{raw.name}" hyperparameter "{n}" is given twice'))
             seen.add(n)
     variants = raw.variants()
     reported: set[str] = set()

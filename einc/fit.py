@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
-from .arch import parse
+from .derivation import parse
 from .errors import ArchError, EinError
 from .ops import BUILTIN, Library, show_value
 from .pcfg import analyse, finite_effect

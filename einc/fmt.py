@@ -1,6 +1,6 @@
 """The canonical *indented* form of an architecture, for files people read (``einc fmt``).
 
-The one-line bracket string (``einc.arch.show``) stays the canonical text of journals and
+The one-line bracket string (``einc.notation.show``) stays the canonical text of journals and
 APIs; this module lays the same string out over lines:
 
 * a node whose one-line form fits in ``width`` columns (with its indent and trailing ``,``
@@ -17,7 +17,8 @@ text changes nothing. Pure text: no torch, no grammar needed for the layout itse
 
 from __future__ import annotations
 
-from .arch import Call, Item, Seq, parse, parse_syntax, show
+from .derivation import parse
+from .notation import Call, Item, Seq, parse_syntax, show
 from .ops import show_value
 from .table import RuleTable
 from .tree import Node
@@ -61,7 +62,7 @@ def parse_any_mode(text: str, table: RuleTable, mode: str | None = None) -> Node
 
 
 def layout(item: Item, width: int = WIDTH) -> str:
-    """Lay out a syntax tree (``einc.arch.parse_syntax``) over lines of at most ``width`` columns."""
+    """Lay out a syntax tree (``einc.notation.parse_syntax``) over lines of at most ``width`` columns."""
     lines: list[str] = []
     _layout(item, 0, "", lines, width)
     return "\n".join(lines)

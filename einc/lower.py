@@ -36,10 +36,10 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
-from .arch import show
 from .errors import EinError, LoweringError, format_path
 from .infer import infer
 from .meta import BRANCH, FEATURE, INFO, PATH
+from .notation import show
 from .ops import IM, Feature, Features, Library, NotApplicable
 from .tree import Expansion, Fork, Leaf, Node, Path, deep
 from .verify import lint
@@ -132,7 +132,8 @@ class _Context:
         if not isinstance(init, str) or not init.strip():
             raise LoweringError(f'"{self.op}" makes parameter "{hint}" without init=, the source expression '
                                 f"that made it (einc.emit writes it, so the emitted file initialises it "
-                                f'the same way), e.g. init="torch.randn(1, 16) * 0.02" (at node {format_path(self.path)})')
+                                f'the same way), e.g. init="torch.randn(1, 16) * 0.02" '
+                                f"(at node {format_path(self.path)})")
         name = self._name(self._own_hint(hint))
         self.root.register_parameter(name, parameter)
         self.inits[name] = init

@@ -18,7 +18,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .arch import parse, show
+from .derivation import parse
+from .notation import show
 from .errors import ArchError
 from .infer import Inference, infer
 from .ops import Features, feature_for, mode_of

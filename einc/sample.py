@@ -15,13 +15,13 @@ Only static shape rules are used: no tensor, no module.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 
-from .arch import MAX_NESTING
 from .errors import EinError
+from .notation import MAX_NESTING
 from .ops import Args, Features, NotApplicable, Op, feature_for, mode_of
-from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
+from .table import OpCall, Ref, RuleTable, merge_params
 from .tree import Expansion, Fork, Leaf, Node
 
 Chooser = Callable[[Sequence[float]], int]
@@ -54,10 +54,10 @@ class Budget:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_depth, int) or not 1 <= self.max_depth <= MAX_DEPTH:
-            raise EinError(f"max_depth is 1 to {MAX_DEPTH:,}, not {self.max_depth}: einc.arch parses strings "
+            raise EinError(f"max_depth is 1 to {MAX_DEPTH:,}, not {self.max_depth}: einc.notation parses strings "
                            f"nested at most {MAX_NESTING:,} deep")
 
-    def scaled_left(self, used: "Cost4") -> "Budget":
+    def scaled_left(self, used: Cost4) -> Budget:
         return replace(self, max_params=self.max_params - used[0], max_flops=self.max_flops - used[1],
                        max_activations=self.max_activations - used[2], max_nodes=self.max_nodes - used[3])
 
@@ -262,7 +262,7 @@ class Sampler:
 
 def _apply(op: Op, feats: Features, args: Args) -> Features:
     """The op's shape rule on the real features, refused too where its finite effect refuses
-    or disagrees: the parser (einc.arch) and the analysis know only the finite effect, so a
+    or disagrees: the parser (einc.derivation) and the analysis know only the finite effect, so a
     sampled string always parses back."""
     out = op.apply(feats, args)
     if op.finite_effect(mode_of(feats), len(feats), args) != (mode_of(out), len(out)):

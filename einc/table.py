@@ -19,9 +19,9 @@ Semantics (the spec of the .ein language; grammar/README.md has the user's versi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from .errors import Span
 from .ops import Args, Library, Value

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from einc.arch import show
+from einc.notation import show
 from einc.errors import EinError
 from einc.tree import Expansion
 

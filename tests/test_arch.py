@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import einc
 import einc.testing
-from einc.arch import parse, parse_syntax, parse_syntax_lark, show
+from einc.derivation import parse
+from einc.notation import parse_syntax, parse_syntax_lark, show
 from einc.fmt import fmt
 from einc.errors import ArchError, ShapeError
 from einc.infer import infer

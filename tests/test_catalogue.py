@@ -12,7 +12,8 @@ import pytest
 
 import einc
 import einc.testing
-from einc.arch import parse, show
+from einc.derivation import parse
+from einc.notation import show
 from einc.errors import ArchError, EinCheckError, EinError, InputError
 from einc.mutate import node_states
 from einc.sample import Budget, Sampler, SamplingError
@@ -178,7 +179,7 @@ def test_whatever_a_deep_budget_samples_prints_parses_and_mutates():
 
 
 def test_a_string_nested_past_the_limit_gets_a_located_error():
-    from einc.arch import MAX_NESTING
+    from einc.notation import MAX_NESTING
 
     text = "[" * (MAX_NESTING + 5)
     with pytest.raises(ArchError, match=f"less than {MAX_NESTING} levels of nesting") as info:

@@ -149,7 +149,7 @@ def test_includes_are_refused(tmp_path):
 def test_the_fitted_grammar_loads_and_samples(tmp_path):
     s = Sampler(T, (2, 8, 8), Budget(max_flops=30_000_000))
     rng = random.Random(3)
-    from einc.arch import show
+    from einc.notation import show
 
     archs = [show(s.sample(rng)) for _ in range(8)]
     f = fit_grammar(TEXT, PATH, archs, strength=5.0)

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 import einc
-from einc.arch import parse, show
+from einc.derivation import parse
+from einc.notation import show
 from einc.cli import main
 from einc.fmt import fmt, fmt_text, parse_any_mode
 from einc.sample import Budget, Sampler

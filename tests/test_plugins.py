@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import einc
 from einc.cli import load_plugins, main
 from einc.emit import emit, load_source
-from einc.errors import ArchError, EinCheckError, EinError, LoweringError
+from einc.errors import ArchError, EinCheckError, LoweringError
+from einc.notation import show
 from einc.ops import BUILTIN, IM, Feature, NotApplicable, Op, OpError, Param
 from einc.sample import Sampler
 from einc.summary import rows
@@ -134,7 +135,7 @@ def test_an_op_may_give_its_own_finite_effect():
     g = einc.compile_grammar("start S(shape=(3, 8, 8))\nS -> sq | sq2\n", "g.ein", lib)
     # the sampler keeps to the finite effect, so it never draws what the parser would refuse
     sampler = Sampler(g.table, (3, 8, 8))
-    assert {einc.arch.show(sampler.sample(random.Random(i))) for i in range(20)} == {"sq2"}
+    assert {show(sampler.sample(random.Random(i))) for i in range(20)} == {"sq2"}
     with pytest.raises(ArchError, match='"sq" does not apply in mode Im with b=1'):
         g.parse("sq", (3, 8, 8))
 
@@ -164,7 +165,7 @@ def test_every_sampled_string_of_the_extended_space_compiles(plus):
     rng = random.Random(0)
     seen: set[str] = set()
     for _ in range(40):
-        text = einc.arch.show(sampler.sample(rng))
+        text = show(sampler.sample(rng))
         arch = plus.parse(text, (3, 24, 24))  # an ArchError here is the bug of issue 11
         arch.infer((3, 24, 24))
         seen |= {op for op in ("gelu", "pool3", "scale") if op in text}
@@ -231,9 +232,10 @@ def test_class_name_keyword_is_a_usage_error():
 
 
 def test_duplicate_rule_message_without_a_span():
+    from dataclasses import replace
+
     from einc.checks import check_overlapping_rules
     from einc.errors import Diagnostic
-    from dataclasses import replace
 
     table = einc.compile_grammar("start S(shape=(3, 8, 8))\nS(m=Im) -> relu\nS(m=Col) -> norm\n").table
     r1, r2 = table.rules["S"]
@@ -275,5 +277,12 @@ def test_sampler_and_parser_agree_over_plugin_ops(k, cells, seed):
     sampler = Sampler(g.table, shape, einc.Budget(max_nodes=40))
     rng = random.Random(seed)
     for _ in range(8):
-        text = einc.arch.show(sampler.sample(rng))
+        text = show(sampler.sample(rng))
         g.parse(text, shape).infer(shape)
+
+
+def test_show_writes_a_plugin_ops_arguments_in_its_own_order():
+    zigzag = Op("zigzag", "computation", (Param("z", "an int", lambda v: type(v) is int),
+                                          Param("a", "an int", lambda v: type(v) is int)), _same)
+    g = einc.compile_grammar("start S(shape=(3, 8, 8))\nS -> zigzag(a=1, z=2)\n", "g.ein", BUILTIN.extend([zigzag]))
+    assert g.sample(seed=0).text == "zigzag(z=2, a=1)"

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 
 import einc
 import einc.testing
-from einc.arch import parse, parse_syntax, parse_syntax_lark, show
+from einc.derivation import parse
+from einc.notation import parse_syntax, parse_syntax_lark, show
 from einc.ein import analyse
 from einc.errors import InputError
 from einc.ops import feature_for

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 
 import einc
 import einc.testing
-from einc.arch import parse, show
+from einc.derivation import parse
+from einc.notation import show
 from einc.infer import infer
 from einc.mutate import crossover, is_valid, mutate, mutate_at, node_states
 from einc.sample import Budget, Sampler, SamplingError, with_stop_probability

@@ -10,7 +10,7 @@ import pytest
 from conftest import FakeEvaluator
 
 import einc
-from einc.arch import show
+from einc.notation import show
 from einc.sample import Budget, Sampler
 from einc.runtime.evaluate import Job
 from einc.runtime.journal import Journal

@@ -7,7 +7,7 @@ import random
 import pytest
 
 import einc
-from einc.arch import show
+from einc.notation import show
 from einc.sample import Sampler
 from einc.tree import counts
 from einc.runtime.strategies import RandomSearch, RegularisedEvolution

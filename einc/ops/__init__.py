@@ -6,11 +6,11 @@ A user's own operations join only through ``Library.extend`` (the CLI's ``--plug
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 from . import aggregation, branching, computation, routing
-from .base import GROUPS, Args, Cost, Effect, NotApplicable, Op, OpError, Param, Value, show_value
+from .base import GROUPS, Args, Cost, Effect, NotApplicable, Op, OpError, Param, Value, param_order, show_value
 from .state import COL, IM, MODES, Feature, Features, feature_for, mode_of, representative
 
 
@@ -40,12 +40,12 @@ class Library(Mapping[str, Op]):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Library) and dict(self._ops) == dict(other._ops)
 
-    def extend(self, ops: Iterable[Op]) -> "Library":
+    def extend(self, ops: Iterable[Op]) -> Library:
         return Library([*self._ops.values(), *ops])
 
 
 BUILTIN = Library([*branching.OPS, *aggregation.OPS, *routing.OPS, *computation.OPS])
 
 __all__ = ["Args", "BUILTIN", "COL", "Cost", "Effect", "Feature", "Features", "GROUPS", "IM", "Library", "MODES",
-           "NotApplicable", "Op", "OpError", "Param", "Value", "feature_for", "mode_of", "representative",
-           "show_value"]
+           "NotApplicable", "Op", "OpError", "Param", "Value", "feature_for", "mode_of", "param_order",
+           "representative", "show_value"]

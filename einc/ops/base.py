@@ -6,9 +6,10 @@ An operation never imports torch at module level; its ``lower`` hook does, when 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import EinError
 from .state import Feature, Features, mode_of, representative
@@ -42,6 +43,15 @@ class Param:
 class Cost:
     params: int = 0
     flops: int = 0  # multiply-adds count 2
+
+
+_ORDER: dict[str, dict[str, int]] = {}  # op name -> its hyperparameters' declared order (first Op of the name)
+
+
+def param_order(name: str) -> dict[str, int]:
+    """Position of each hyperparameter of the op called ``name`` as the op declares them, the
+    order bracket notation writes them in ({} for a name no Op has had)."""
+    return _ORDER.get(name, {})
 
 
 Effect = tuple[str | None, int]
@@ -98,6 +108,7 @@ class Op:
         for hook in ("lower", "effect"):
             if getattr(self, hook) is not None and not callable(getattr(self, hook)):
                 raise bad(f"{hook} is not callable (or None)")
+        _ORDER.setdefault(self.name, {n: i for i, n in enumerate(names)})
         if not self.hint:
             object.__setattr__(self, "hint", self.name.replace("-", "_"))
         elif not (isinstance(self.hint, str) and self.hint.isidentifier() and self.hint.islower()):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Cost, NotApplicable, Op, Param, one_of, single
+from .base import NotApplicable, Op, Param, one_of, single
 from .state import COL, Feature, Features
 
 _FACTOR = Param("b", "an integer >= 2", lambda v: type(v) is int and v >= 2)
