@@ -57,6 +57,9 @@ def test_evaluator_outcomes_failures_and_worker_death(cluster):
 
     with RayEvaluator(workers=2, retries=1, time_limit=3) as ev:
         assert (ev.cpus_per_eval, ev.gpus_per_eval) == (1.0, 0.0)
+        while any(slot.ready is not None for slot in ev._slots):  # both actors started: one on each node
+            ev._wait()
+        assert len({slot.name.split("/")[-1] for slot in ev._slots}) == 2
         for key, fn, kw in [("sq", _jobs.square, {"x": 3}), ("boom", _jobs.boom, {}),
                             ("kill", _jobs.self_kill, {}), ("np", _jobs.numpy_result, {}),
                             ("slow", _jobs.sleep, {"seconds": 60})]:
@@ -77,9 +80,6 @@ def test_evaluator_outcomes_failures_and_worker_death(cluster):
     assert seen["slow"].reason == "Timeout: time limit of 3s exceeded; worker killed"
     assert 3 <= seen["slow"].seconds < 10
     assert all(o.worker.startswith("ray-") and o.finished >= o.started > 0 for o in seen.values())
-    # one actor per node: each node has one CPU
-    nodes = {o.worker.split("/")[-1] for o in seen.values() if o.key not in ("kill", "slow")}
-    assert len(nodes) == 2
     deadline = time.time() + 10  # closing freed the actors' CPUs
     while ray_cpus() < 2 and time.time() < deadline:
         time.sleep(0.1)
@@ -109,7 +109,7 @@ def test_search_with_ray_workers_then_resume(cluster, tmp_path):
     assert r.exit_code == 0, r.output
     evals = _records(out)
     assert len(evals) == 6 and all(e["status"] == "ok" for e in evals)
-    assert {e["worker"].split("@")[0] for e in evals} == {"ray-0", "ray-1"}
+    assert all(e["worker"].startswith("ray-") for e in evals)
     assert len(_records(out, "final")) == 1 and _records(out, "final")[0]["status"] == "ok"
     saved = json.loads((out / "config.json").read_text())
     assert saved["workers"] == 2 and not {"ray", "ray_address", "gpus_per_eval", "retries"} & set(saved)
