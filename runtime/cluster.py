@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .evaluate import EvaluatorError, Job, Outcome, _call, _reason
+from .workers import EvaluatorError, Job, Outcome, one_line, run_job
 
 INSTALL_HINT = "einc search --ray needs Ray: pip install 'einc[ray]'"
 START_TIMEOUT = 600.0
@@ -97,7 +97,7 @@ class _Worker:
 
     def run(self, fn, kwargs: dict[str, Any]):
         kwargs = {k: self._resolve(v) if isinstance(v, _Shared) else v for k, v in kwargs.items()}
-        return _call(fn, kwargs)
+        return run_job(fn, kwargs)
 
     def _resolve(self, shared: _Shared) -> Any:
         import ray
@@ -163,7 +163,7 @@ class RayEvaluator:
                 where = "start a local Ray runtime" if local else f"connect to the Ray cluster at {address}"
                 hint = "" if local else (" (is Ray running there, and does this machine have the cluster's token: "
                                          "RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN or ~/.ray/auth_token?)")
-                raise EvaluatorError(f"error: cannot {where}: {_reason(e)}{hint}") from None
+                raise EvaluatorError(f"error: cannot {where}: {one_line(e)}{hint}") from None
             self._owns_runtime, self._connected = local, True
         try:
             self._plan(workers, gpus_per_eval, cpus_per_eval)
@@ -208,7 +208,7 @@ class RayEvaluator:
             job = Job(job.key, job.fn, self._prepare(job))
         except Exception as e:  # the data or grammar cannot be loaded here: that job fails, the search goes on
             now = time.time()
-            self._done.append(Outcome(job.key, "failed", reason=_reason(e), started=now, finished=now))
+            self._done.append(Outcome(job.key, "failed", reason=one_line(e), started=now, finished=now))
             return
         self._queue.append((job, 0))
         self._dispatch()
@@ -339,7 +339,7 @@ class RayEvaluator:
             if slot.failures < 3:
                 self._start(slot)
             else:
-                self._broken = f"{_reason(e)}"
+                self._broken = f"{one_line(e)}"
             return
         slot.ready, slot.failures, slot.pid, slot.name = None, 0, pid, f"ray-{slot.index}@{ip}/{node[:6]}"
 
@@ -349,7 +349,7 @@ class RayEvaluator:
             status, result, reason, detail = ray.get(slot.ref)
         except ray.exceptions.RayTaskError as e:  # the actor's own code failed (e.g. unpickling the job)
             cause = e.cause if isinstance(e.cause, BaseException) else e
-            self._finish(slot, now, "failed", None, f"{_reason(cause)} (in the Ray worker)", str(e))
+            self._finish(slot, now, "failed", None, f"{one_line(cause)} (in the Ray worker)", str(e))
             self._replace(slot)
             return
         except ray.exceptions.RayError as e:  # the actor, its process or its node died

@@ -39,7 +39,7 @@ from einc.notation import show
 from einc.errors import EinError
 from einc.tree import Expansion
 
-from .evaluate import Evaluator, Job, Outcome
+from .workers import Evaluator, Job, Outcome
 from .journal import Journal
 from .strategies import Avoid, Proposal
 

@@ -125,7 +125,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     import functools
 
     from .candidate import evaluate, final_test, prepare
-    from .evaluate import Job, LocalEvaluator
+    from .workers import Job, LocalEvaluator
     from .schedule import ReplayError, Scheduler, fitness
 
     out = Path(out)

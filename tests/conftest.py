@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from einc.runtime.evaluate import Job, Outcome
+from einc.runtime.workers import Job, Outcome
 
 # "ci" keeps property tests to a budget that fits the suite's time; "dev" digs deeper locally.
 settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from einc.cli import main
-from einc.runtime.evaluate import EvaluatorError, Job
+from einc.runtime.workers import EvaluatorError, Job
 
 import _jobs
 

@@ -163,7 +163,7 @@ def test_the_fitted_grammar_loads_and_samples(tmp_path):
 
 
 def test_search_uses_a_fitted_grammar(tmp_path):
-    from einc.runtime.evaluate import Outcome
+    from einc.runtime.workers import Outcome
     from einc.runtime.search import SearchConfig, run_search
 
     class Instant:

@@ -12,7 +12,7 @@ from conftest import FakeEvaluator
 import einc
 from einc.notation import show
 from einc.sample import Budget, Sampler
-from einc.runtime.evaluate import Job
+from einc.runtime.workers import Job
 from einc.runtime.journal import Journal
 from einc.runtime.schedule import ReplayError, Scheduler
 from einc.runtime.strategies import RandomSearch, RegularisedEvolution

@@ -1,4 +1,6 @@
-"""Run evaluation jobs and yield their outcomes as they finish, isolated from the search process.
+"""Worker pools: run evaluation jobs and yield their outcomes as they finish, isolated from the search.
+
+(The job itself, building and training one candidate, is runtime/candidate.py.)
 
 A search submits ``Job``s and iterates ``results()``; submitting more while iterating is allowed,
 which is all a steady-state search (regularised evolution) needs::
@@ -103,7 +105,7 @@ class Evaluator(Protocol):
 # --------------------------------------------------------------------------- running one job
 
 
-def _call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None,
+def run_job(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None,
                                                                     str | None]:
     """(status, result, reason, detail); the result comes back as plain JSON (numpy scalars converted)."""
     try:
@@ -116,10 +118,10 @@ def _call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[str, dict[str
             raise TypeError(f"the job's result is not plain JSON ({e})") from None
         return "ok", result, None, None
     except (Exception, SystemExit) as e:
-        return "failed", None, _reason(e), traceback.format_exc()
+        return "failed", None, one_line(e), traceback.format_exc()
 
 
-def _reason(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
     return text if len(text) <= 500 else text[:497] + "..."
@@ -138,7 +140,7 @@ class InlineEvaluator:
         while self._queue:
             job = self._queue.popleft()
             start, wall = time.monotonic(), time.time()
-            status, result, reason, detail = _call(job.fn, job.kwargs)
+            status, result, reason, detail = run_job(job.fn, job.kwargs)
             yield Outcome(job.key, status, result, reason, time.monotonic() - start, detail, wall, time.time(),
                           "inline")
 
@@ -200,17 +202,17 @@ def _worker(conn: Connection, threads: int | None, parent: int, name: str,
         try:
             message = pickle.loads(data)
         except Exception as e:
-            reason = f"{_reason(e)} (while loading the job in the worker)"
+            reason = f"{one_line(e)} (while loading the job in the worker)"
             conn.send(("failed", None, reason, traceback.format_exc()))
             return
         if message is None:
             return
-        reply = _call(*message)
+        reply = run_job(*message)
         try:
             conn.send(reply)
         except Exception as e:
             with contextlib.suppress(Exception):  # the search may be gone; nothing left to tell
-                conn.send(("failed", None, f"{_reason(e)} (while sending the result back)", None))
+                conn.send(("failed", None, f"{one_line(e)} (while sending the result back)", None))
             return
         if reply[0] != "ok":
             return  # a failed job may leave the process damaged (CUDA context, leaked memory): start afresh
@@ -320,7 +322,7 @@ class LocalEvaluator:
                     data = bytes(ForkingPickler.dumps((job.fn, job.kwargs)))
                 except Exception as e:
                     now = time.time()
-                    self._done.append(Outcome(job.key, "failed", reason=_reason(e), detail=traceback.format_exc(),
+                    self._done.append(Outcome(job.key, "failed", reason=one_line(e), detail=traceback.format_exc(),
                                               started=now, finished=now, worker=slot.name))
                     continue
                 for attempt in (1, 2):  # an idle worker may have died since its last job
@@ -334,7 +336,7 @@ class LocalEvaluator:
                     except OSError as e:
                         self._retire(slot)
                         if attempt == 2:
-                            reason = f"WorkerDied: cannot send the job to a worker ({_reason(e)})"
+                            reason = f"WorkerDied: cannot send the job to a worker ({one_line(e)})"
                             now = time.time()
                             self._done.append(Outcome(job.key, "failed", reason=reason, started=now,
                                                       finished=now, worker=slot.name))

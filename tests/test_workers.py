@@ -8,7 +8,7 @@ import _jobs
 import pytest
 
 from einc.errors import EinError
-from einc.runtime.evaluate import Evaluator, InlineEvaluator, Job, LocalEvaluator, Outcome
+from einc.runtime.workers import Evaluator, InlineEvaluator, Job, LocalEvaluator, Outcome
 
 
 def run(ev: Evaluator, *jobs: Job) -> dict[str, Outcome]:
