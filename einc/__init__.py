@@ -8,6 +8,15 @@
 
 ``einc.build(arch, input_shape=(3, 32, 32), num_classes=10)`` lowers it to a torch.fx
 GraphModule; torch is imported only then.
+
+The stages, each a module named after what it produces, data flowing one way:
+``ein`` (.ein text -> ``table.RuleTable``), ``checks`` and ``pcfg`` (its diagnostics and
+numbers), ``notation`` (bracket text <-> items), ``derivation`` (items -> a ``tree`` of the
+grammar), ``infer`` (static shapes and costs), ``sample`` / ``mutate`` (new trees), ``lower``
+(tree -> torch.fx), ``passes`` (exact rewrites), ``verify``, ``emit`` (standalone PyTorch).
+Two subpackages live in folders at the repository root, not under ``einc/``: ``einc.grammar``
+is ``grammar/`` (the notations' Lark files and bundled grammars) and ``einc.runtime`` is
+``runtime/`` (search: data, training, workers, journal, strategies); pyproject.toml maps them.
 """
 
 import importlib as _importlib
