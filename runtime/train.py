@@ -34,10 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from einc.errors import EinError
-
 from .data import Dataset
-from .train_step import TrainStep
+from .train_step import NonFiniteLoss, OutOfMemory, TimeLimitExceeded, TrainError, TrainStep
 
 # bf16 autocast pays once the tensor cores have enough work per sample. Measured on an H200
 # (issue 12): slower than fp32 for small CNNs at 3x32x32 (order 1e7-1e8 FLOPs per sample), 3.3x
@@ -45,22 +43,6 @@ from .train_step import TrainStep
 # (``arch.infer(shape).flops``: 2 per multiply-add, as torch's FlopCounterMode counts): ResNet18 at
 # 3x32x32 (3.0e8) gets bf16, every candidate of the README digits search (<= 3e7) stays in fp32.
 AMP_MIN_FLOPS = 250_000_000
-
-
-class TrainError(EinError):
-    """A candidate could not be trained; the search records it as a failed evaluation."""
-
-
-class NonFiniteLoss(TrainError):
-    """The training loss became NaN or inf (the network diverged)."""
-
-
-class TimeLimitExceeded(TrainError):
-    """Training took longer than ``TrainConfig.time_limit`` seconds."""
-
-
-class OutOfMemory(TrainError):
-    """The device ran out of memory; the candidate's tensors were freed before this was raised."""
 
 
 @dataclass
@@ -107,7 +89,7 @@ def pick_device(requested: str | None = None) -> str:
 
 
 def _is_cuda(device: str) -> bool:
-    return device.split(":")[0] == "cuda"
+    return device.split(":", maxsplit=1)[0] == "cuda"
 
 
 def use_amp(amp: bool | None, device: str, flops: int | None) -> bool:

@@ -26,7 +26,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from einc.errors import EinError
+
 WARMUP = 3  # eager full-batch steps before capture (PyTorch's whole-network recipe uses 3)
+
+
+class TrainError(EinError):
+    """A candidate could not be trained; the search records it as a failed evaluation."""
+
+
+class NonFiniteLoss(TrainError):
+    """The training loss became NaN or inf (the network diverged)."""
+
+
+class TimeLimitExceeded(TrainError):
+    """Training took longer than ``TrainConfig.time_limit`` seconds."""
+
+
+class OutOfMemory(TrainError):
+    """The device ran out of memory; the candidate's tensors were freed before this was raised."""
 
 
 class Capturer:
@@ -94,18 +112,20 @@ class TrainStep:
         self._schedule_host = schedule
         self._host_step = 0
         # A device-tensor learning rate read by fused SGD: no host sync, so the step can be captured.
-        self.opt: torch.optim.Optimizer | None = None
-        if device.split(":")[0] in ("cuda", "cpu"):
+        opt: torch.optim.Optimizer | None = None
+        self.lr: torch.Tensor | None = None
+        if device.split(":", maxsplit=1)[0] in ("cuda", "cpu"):
             self.lr = torch.tensor(schedule[0], dtype=torch.float32, device=device)
             self.schedule = torch.tensor(schedule, dtype=torch.float32, device=device)
             self.counter = torch.zeros(1, dtype=torch.int64, device=device)
             with contextlib.suppress(RuntimeError, ValueError, TypeError):
-                self.opt = torch.optim.SGD(params, lr=self.lr, momentum=momentum, weight_decay=weight_decay,
-                                           nesterov=False, fused=True)
-        if self.opt is None:  # another device type: a float learning rate set from the host each step
+                opt = torch.optim.SGD(params, lr=self.lr, momentum=momentum, weight_decay=weight_decay,
+                                      nesterov=False, fused=True)
+        if opt is None:  # another device type: a float learning rate set from the host each step
             self.lr = None
-            self.opt = torch.optim.SGD(params, lr=schedule[0], momentum=momentum, weight_decay=weight_decay,
-                                       nesterov=False)
+            opt = torch.optim.SGD(params, lr=schedule[0], momentum=momentum, weight_decay=weight_decay,
+                                  nesterov=False)
+        self.opt: torch.optim.Optimizer = opt
         self.total = torch.zeros((), dtype=torch.float32, device=device)
         self.want_graph = bool(graphs and self.lr is not None and scaler is None)
         self.capturer = capturer if capturer is not None else (Capturer(device) if self.want_graph else None)
@@ -129,6 +149,7 @@ class TrainStep:
             return
         capturing_later = self.want_graph and self.replay is None and self.graph_error is None
         if capturing_later and n == self.batch_size:
+            assert self.capturer is not None  # made whenever a graph is wanted
             with self.capturer.warm_up():
                 self._compute(idx)
             self._warm += 1
@@ -166,6 +187,7 @@ class TrainStep:
         # Gradients set to None now are allocated from the graph's private pool by the captured
         # backward, and stay there: static addresses, as replay needs.
         self.opt.zero_grad(set_to_none=True)
+        assert self.capturer is not None
         try:
             self.replay = self.capturer.capture(lambda: self._compute(self.static_idx))
         except Exception as e:  # noqa: BLE001  any failure means: stay eager
@@ -183,8 +205,6 @@ class TrainStep:
             if self._check_shape:
                 self._check_shape = False
                 if tuple(out.shape) != (int(idx.numel()), self.classes):
-                    from .train import TrainError
-
                     raise TrainError(f"the model's output has shape {tuple(out.shape)}; expected "
                                      f"(batch, classes) = ({int(idx.numel())}, {self.classes})")
             loss = nn.functional.cross_entropy(out.float(), yb)
