@@ -35,13 +35,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from einc.notation import show
 from einc.errors import EinError
+from einc.notation import show
 from einc.tree import Expansion
 
-from .workers import Evaluator, Job, Outcome
 from .journal import Journal
 from .strategies import Avoid, Proposal
+from .workers import Evaluator, Job, Outcome
 
 MAX_REPEATS = 1000
 """Consecutive proposals that all repeat earlier ones before the search decides its space is exhausted."""

@@ -125,8 +125,8 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     import functools
 
     from .candidate import evaluate, final_test, prepare
-    from .workers import Job, LocalEvaluator
     from .schedule import ReplayError, Scheduler, fitness
+    from .workers import Job, LocalEvaluator
 
     out = Path(out)
     cfg_path, journal = out / "config.json", Journal(out / "journal.jsonl")
