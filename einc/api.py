@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .derivation import parse
-from .notation import show
-from .ein import compile_ein, load as load_table
+from .ein import compile_ein
+from .ein import load as load_table
 from .errors import ArchError, EinError
-from .sample import Budget
 from .infer import Inference, infer
+from .notation import show
 from .ops import BUILTIN, Library, feature_for
+from .sample import Budget
 from .table import RuleTable
 from .tree import Expansion
 

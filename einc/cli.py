@@ -294,8 +294,8 @@ def sample(grammar, input_shape, count, seed, p_stop, as_json, verify, plugins, 
     """Print COUNT architectures sampled from GRAMMAR (a .ein path or a bundled name)."""
     import random
 
-    from .notation import show
     from .infer import infer
+    from .notation import show
     from .sample import Sampler
     from .tree import counts
 
@@ -589,10 +589,11 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
     """
     import warnings
 
-    from .notation import show
+    from einc.runtime.journal import Journal
+
     from .ein import grammar_path
     from .fit import FitError, fit_grammar, parse_either
-    from einc.runtime.journal import Journal
+    from .notation import show
 
     path = Path(journal)
     if path.is_dir():

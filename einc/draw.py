@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .notation import show
 from .errors import EinError, ShapeError
+from .notation import show
 from .ops import Feature, Features, Library, NotApplicable, feature_for
 from .tree import Expansion, Fork, Leaf, Node
 
@@ -429,7 +429,6 @@ MAX_PIXELS = 32000  # a PNG side; larger pictures get a lower resolution
 
 def _render(c: _Canvas, w: float, h: float, path: Path, fmt: str) -> None:
     import matplotlib
-
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
     from matplotlib.patches import FancyBboxPatch, Rectangle

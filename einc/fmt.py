@@ -18,7 +18,7 @@ text changes nothing. Pure text: no torch, no grammar needed for the layout itse
 from __future__ import annotations
 
 from .derivation import parse
-from .notation import Call, Item, Seq, parse_syntax, show
+from .notation import Item, Seq, parse_syntax, show
 from .ops import show_value
 from .table import RuleTable
 from .tree import Node

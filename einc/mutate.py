@@ -19,9 +19,9 @@ import random
 from dataclasses import dataclass
 
 from .derivation import parse
-from .notation import show
 from .errors import ArchError
 from .infer import Inference, infer
+from .notation import show
 from .ops import Features, feature_for, mode_of
 from .sample import Budget, Sampler, SamplingError
 from .table import Branches, OpCall, Ref, RuleTable, merge_params

@@ -6,15 +6,15 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import einc
 import einc.testing
 from einc.derivation import parse
-from einc.notation import parse_syntax, parse_syntax_lark, show
-from einc.fmt import fmt
 from einc.errors import ArchError, ShapeError
-from einc.infer import infer
+from einc.fmt import fmt
+from einc.notation import parse_syntax, parse_syntax_lark, show
 from einc.sample import Sampler
 from einc.tree import Expansion, Fork, Leaf, counts
 

@@ -13,9 +13,9 @@ import pytest
 import einc
 import einc.testing
 from einc.derivation import parse
-from einc.notation import show
 from einc.errors import ArchError, EinCheckError, EinError, InputError
 from einc.mutate import node_states
+from einc.notation import show
 from einc.sample import Budget, Sampler, SamplingError
 from einc.tree import counts
 

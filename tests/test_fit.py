@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from einc.grammar import EINSPACE
 
 import einc
 from einc.ein import compile_ein
 from einc.fit import FitError, count_uses, fit_grammar
+from einc.grammar import EINSPACE
 from einc.sample import Budget, Sampler
 
 TEXT = EINSPACE.read_text(encoding="utf-8")
@@ -163,8 +163,8 @@ def test_the_fitted_grammar_loads_and_samples(tmp_path):
 
 
 def test_search_uses_a_fitted_grammar(tmp_path):
-    from einc.runtime.workers import Outcome
     from einc.runtime.search import SearchConfig, run_search
+    from einc.runtime.workers import Outcome
 
     class Instant:
         def __init__(self):

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 import einc
-from einc.derivation import parse
-from einc.notation import show
 from einc.cli import main
+from einc.derivation import parse
 from einc.fmt import fmt, fmt_text, parse_any_mode
+from einc.notation import show
 from einc.sample import Budget, Sampler
 
 G = einc.load("einspace")

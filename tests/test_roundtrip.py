@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 import einc
 import einc.testing
 from einc.derivation import parse
-from einc.notation import parse_syntax, parse_syntax_lark, show
 from einc.ein import analyse
 from einc.errors import InputError
+from einc.notation import parse_syntax, parse_syntax_lark, show
 from einc.ops import feature_for
 from einc.plugins import load_plugin
 from einc.sample import Budget, Sampler

@@ -13,11 +13,11 @@ from hypothesis import given, settings
 import einc
 import einc.testing
 from einc.derivation import parse
-from einc.notation import show
 from einc.infer import infer
 from einc.mutate import crossover, is_valid, mutate, mutate_at, node_states
+from einc.notation import show
 from einc.sample import Budget, Sampler, SamplingError, with_stop_probability
-from einc.tree import Expansion, Fork, Leaf, at, counts, replace_at, walk
+from einc.tree import Fork, Leaf, at, counts, replace_at, walk
 
 G = einc.load("einspace")
 SHAPES = [(3, 32, 32), (1, 28, 28)]

@@ -8,9 +8,9 @@ import pytest
 
 import einc
 from einc.notation import show
+from einc.runtime.strategies import RandomSearch, RegularisedEvolution
 from einc.sample import Sampler
 from einc.tree import counts
-from einc.runtime.strategies import RandomSearch, RegularisedEvolution
 
 G = einc.load("einspace")
 SHAPE = (3, 16, 16)
