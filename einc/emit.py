@@ -141,7 +141,10 @@ def _init_lines(gm: fx.GraphModule, inits: dict[str, str]) -> list[str]:
         if m is not None:
             lines.append(f"self.{name} = {_construct(m, name)}")
         elif p is not None:
-            expr = inits.get(name) or f"torch.zeros({', '.join(map(str, p.shape))})"
+            expr = inits.get(name)
+            if not expr:  # zeros would make a file whose network starts unlike the built one
+                raise LoweringError(f'cannot emit parameter "{name}": no init expression was recorded for it '
+                                    '(ctx.parameter(..., init=...) records one)')
             grad = "" if p.requires_grad else ", requires_grad=False"
             lines.append(f"self.{name} = nn.Parameter({expr}{grad})")
         elif b is not None:

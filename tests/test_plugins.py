@@ -286,3 +286,10 @@ def test_show_writes_a_plugin_ops_arguments_in_its_own_order():
                                           Param("a", "an int", lambda v: type(v) is int)), _same)
     g = einc.compile_grammar("start S(shape=(3, 8, 8))\nS -> zigzag(a=1, z=2)\n", "g.ein", BUILTIN.extend([zigzag]))
     assert g.sample(seed=0).text == "zigzag(z=2, a=1)"
+
+
+def test_emit_refuses_a_parameter_without_init():
+    gm = einc.build(einc.load("einspace").parse("sequential(relu, relu)", (3, 8, 8)), (3, 8, 8), optimize=False)
+    gm.register_parameter("stray", torch.nn.Parameter(torch.ones(2)))
+    with pytest.raises(LoweringError, match='cannot emit parameter "stray": no init expression'):
+        emit(gm)

@@ -114,6 +114,9 @@ class Op:
         elif not (isinstance(self.hint, str) and self.hint.isidentifier() and self.hint.islower()):
             raise bad(f"hint {self.hint!r} is not a lowercase Python identifier")
 
+    def __hash__(self) -> int:  # cheap: the finite-effect cache hashes an op on every sampled leaf
+        return hash((self.name, self.group, self.params))
+
     def check_args(self, args: dict[str, Any]) -> list[str]:
         """Reasons the hyperparameters are wrong (unknown, missing, out of domain); [] if fine."""
         problems = []
