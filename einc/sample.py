@@ -9,6 +9,10 @@ accepts the current features (renormalised); an operation later in a body that r
 input, or a budget overrun, backtracks to the latest choice. Backtracks are bounded per
 attempt, attempts are bounded per sample, then ``SamplingError``: never a hang.
 
+An operation applies only where its shape rule accepts the real features *and* its finite
+effect (``Op.finite_effect``: all the parser and the grammar's analysis know) agrees, so
+every sampled string parses back (einc.derivation) by construction.
+
 Only static shape rules are used: no tensor, no module.
 """
 

@@ -221,6 +221,11 @@ def test_fit_takes_the_plugin(tmp_path):
     r = CliRunner().invoke(main, ["fit", str(run), "-o", str(tmp_path / "out.ein"), "-g", str(flat),
                                   "--plugin", str(PLUGIN)])
     assert r.exit_code == 0, r.output
+    # a search's config.json names its grammar and plugins: fit reads both
+    (run / "config.json").write_text(json.dumps({"grammar": str(flat), "plugins": [str(PLUGIN)]}))
+    r = CliRunner().invoke(main, ["fit", str(run), "-o", str(tmp_path / "out2.ein")])
+    assert r.exit_code == 0, r.output
+    assert "gelu" in (tmp_path / "out2.ein").read_text()
 
 
 # ---------------------------------------------------------------- small bugs
