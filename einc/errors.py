@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 CODES: dict[str, str] = {
     "syntax": "the text does not follow the .ein syntax",
     "include": "an included file cannot be read, or includes itself",
-    "undefined-symbol": "a body names a nonterminal that has no rule",
+    "undefined-symbol": "a body, extend or override names a nonterminal that has no rule (above it)",
     "duplicate-rule": "two rules of one nonterminal can match the same parameter state",
     "duplicate-param": "a parameter is declared twice, or set twice in one place",
     "unknown-op": "an operation that is not in the operation library",
