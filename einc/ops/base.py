@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from ..errors import EinError
@@ -82,6 +81,7 @@ class Op:
     doc: str = ""
     hint: str = ""
     effect: Callable[..., Effect | None] | None = None
+    _effects: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # finite-effect cache
 
     def __post_init__(self) -> None:
         def bad(problem: str) -> OpError:
@@ -114,7 +114,7 @@ class Op:
         elif not (isinstance(self.hint, str) and self.hint.isidentifier() and self.hint.islower()):
             raise bad(f"hint {self.hint!r} is not a lowercase Python identifier")
 
-    def __hash__(self) -> int:  # cheap: the finite-effect cache hashes an op on every sampled leaf
+    def __hash__(self) -> int:
         return hash((self.name, self.group, self.params))
 
     def check_args(self, args: dict[str, Any]) -> list[str]:
@@ -150,9 +150,14 @@ class Op:
 
         The grammar's analysis and the bracket-notation parser know only this finite state;
         the sampler requires it too (besides the real shape rule), so every sampled string
-        parses. Cached per (op, args, mode, b).
+        parses. Cached per (args, mode, b) on the op: the sampler asks on every leaf it draws.
         """
-        return _finite_effect(self, args, mode, b)
+        key = (args, mode, b)
+        try:
+            return self._effects[key]
+        except KeyError:
+            out = self._effects[key] = _finite_effect(self, args, mode, b)
+            return out
 
 
 def show_value(v: Value) -> str:
@@ -180,7 +185,6 @@ def single(features: Features) -> Feature:
     return f
 
 
-@lru_cache(maxsize=8192)
 def _finite_effect(op: Op, args: Args, mode: str | None, b: int) -> Effect | None:
     if op.effect is not None:
         out = op.effect(mode, b, **dict(args))
