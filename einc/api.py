@@ -57,7 +57,7 @@ class Grammar:
 
         return check_input(self.table, input_shape)
 
-    def parse(self, text: str, input_shape: tuple[int, ...] | None = None) -> "Architecture":
+    def parse(self, text: str, input_shape: tuple[int, ...] | None = None) -> Architecture:
         """Parse a bracket string; with ``input_shape``, also check every shape."""
         if not isinstance(text, str):
             raise ArchError(f"an architecture is a bracket-notation string, not {type(text).__name__}",
@@ -69,14 +69,14 @@ class Grammar:
             infer(arch.tree, self.library, shape, text.strip())
         return arch
 
-    def architecture(self, tree: Expansion, mode: str | None = None) -> "Architecture":
+    def architecture(self, tree: Expansion, mode: str | None = None) -> Architecture:
         """Wrap a tree (from ``einc.sample.Sampler``, ``einc.mutate``) for printing and building."""
         if not isinstance(tree, Expansion):
             raise EinError(f"an architecture's tree is an einc.Expansion, not {type(tree).__name__}")
         return Architecture(self, tree, mode or self.table.start.mode)
 
     def sample(self, input_shape: tuple[int, ...] | None = None, seed: int | random.Random = 0,
-               budget: Budget | None = None) -> "Architecture":
+               budget: Budget | None = None) -> Architecture:
         """One architecture drawn by the grammar's probabilities, valid by construction and within
         ``budget`` (default ``einc.Budget()``); ``input_shape`` defaults to the start's shape."""
         from .sample import Sampler

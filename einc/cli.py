@@ -191,7 +191,7 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
 
 
 def _num(x: float) -> float | str | None:
-    if x != x:
+    if math.isnan(x):
         return None
     return "infinite" if math.isinf(x) else round(x, 6)
 
@@ -241,7 +241,7 @@ def format_report(file: str, table, report) -> str:
 
 
 def _fmt(x: float) -> str:
-    if x != x:
+    if math.isnan(x):
         return "none"
     return "infinite" if math.isinf(x) else f"{x:.4g}"
 
@@ -636,7 +636,7 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
         _fail(f"{path}: error: no evaluated architecture (status ok with a numeric metrics.val_acc) to fit to")
     chosen = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[1][1]))[:top]
     archs, other_hash = [], 0
-    for arch, (acc, index, r) in chosen:
+    for arch, (_, index, r) in chosen:
         try:
             tree, _ = parse_either(arch, g.table)
         except ArchError as e:

@@ -15,8 +15,8 @@ shape-based filtering a sampler applies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -212,7 +212,7 @@ def analyse(table: RuleTable, mode: str) -> Report:
     exp_nt = exp_t = net_t = float("inf")
     row = _expected_counts(e) if rho < 1 else None  # N[start, :]
     if row is not None:
-        for k, v in zip(keys, row):
+        for k, v in zip(keys, row, strict=True):
             expansions[k[0]] = expansions.get(k[0], 0.0) + float(v)
         exp_nt, exp_t = float(row.sum()), float(row @ local)
     else:
