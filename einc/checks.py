@@ -127,9 +127,9 @@ def check_names(table: RuleTable, diag: Diag) -> list[Diagnostic]:
 
 def _names_at(table: RuleTable, key, diag: Diag) -> list[Diagnostic]:
     head0, m, b, params0 = key
-    ways = []  # (name, label or (op, args), chain of elided nonterminals, alternative)
+    ways: list[tuple] = []  # (name, label or (op, args), chain of elided nonterminals, alternative)
     out: list[Diagnostic] = []
-    todo = [(head0, params0, (head0,), frozenset([(head0, params0)]))]
+    todo: list[tuple] = [(head0, params0, (head0,), frozenset([(head0, params0)]))]
     while todo:
         head, params, chain, seen = todo.pop()
         rule = table.rule_for(head, {"m": m, "b": b, **dict(params)})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -55,7 +56,9 @@ class _RawOp:
         """One sorted args tuple per variant: the product over the variant sets."""
         axes = []
         for names, values in self.choices:
-            axes.append([tuple(zip(names, v if len(names) > 1 else (v,), strict=True)) for v in values])
+            # a joint choice's values are tuples of its names' length (checked when read)
+            axes.append([tuple(zip(names, v if len(names) > 1 else (v,), strict=True))  # type: ignore[arg-type]
+                         for v in values])
         out = []
         for combo in itertools.product(*axes):
             args = dict(self.fixed)
@@ -106,7 +109,8 @@ class _ToRaw(Transformer):
         return Span(self.path, meta.line, meta.column, meta.end_line, meta.end_column)
 
     def _tok(self, tok: Token) -> Span:
-        return Span(self.path, tok.line, tok.column, tok.end_line, tok.end_column)
+        # a token lark's lexer made always has its position (None only for tokens built by hand)
+        return Span(self.path, tok.line or 0, tok.column or 0, tok.end_line or 0, tok.end_column or 0)
 
     def start(self, meta, items):
         return [i for i in items if i is not None]
@@ -352,7 +356,8 @@ def _read_text(text: str, key: str, sources: _Sources, diags: list[Diagnostic]) 
     """Raw items of ``text`` with every include read in place, by an explicit stack (any depth)."""
     out: list = []
     # (items left, this file's key, files including it (normalised), their names for messages)
-    stack = [(iter(_items(text, key, sources, diags)), key, frozenset([_norm(key)]), (key,))]
+    stack: list[tuple[Iterator, str, frozenset[str], tuple[str, ...]]] = [
+        (iter(_items(text, key, sources, diags)), key, frozenset([_norm(key)]), (key,))]
     while stack:
         items, key, chain, names = stack[-1]
         item = next(items, None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .errors import EinError
 from .notation import MAX_NESTING
@@ -128,13 +129,13 @@ class Sampler:
     def _attempt(self, head, features, uparams, choose, budget: Budget, depth0: int, mult0: int):
         lib = self.table.library
         root = ("E", "<root>", None, (Ref(head),), 0, None, uparams, depth0 - 1, mult0)
-        state = ((root, None), features, (0, 0, 0, 0))
+        state: tuple[Any, Features, Cost4] = ((root, None), features, (0, 0, 0, 0))  # (stack, features, used)
         choices: list = []  # (state before, head, candidates [(alt, weight)], frame info)
         backtracks = 0
 
         while True:
             stack, feats, used = state
-            frame = stack[0]
+            frame: tuple[Any, ...] = stack[0]  # an "E" or "F" frame (tagged tuples, above)
             failed = False
             if frame[0] == "E":
                 _, fhead, label, body, i, kids, up, depth, mult = frame
