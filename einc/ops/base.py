@@ -108,11 +108,11 @@ class Op:
         for hook in ("lower", "effect"):
             if getattr(self, hook) is not None and not callable(getattr(self, hook)):
                 raise bad(f"{hook} is not callable (or None)")
-        _ORDER.setdefault(self.name, {n: i for i, n in enumerate(names)})
         if not self.hint:
             object.__setattr__(self, "hint", self.name.replace("-", "_"))
         elif not (isinstance(self.hint, str) and self.hint.isidentifier() and self.hint.islower()):
             raise bad(f"hint {self.hint!r} is not a lowercase Python identifier")
+        _ORDER.setdefault(self.name, {n: i for i, n in enumerate(names)})  # only an Op that was made
 
     def __hash__(self) -> int:
         return hash((self.name, self.group, self.params))
