@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ShapeError
-from .ops import Features, Library, NotApplicable, feature_for
+from .ops import Feature, Features, Library, NotApplicable, feature_for
 from .tree import Expansion, Fork, Leaf, Node, Path, deep
 
 
@@ -35,16 +35,16 @@ class Inference:
 
     @property
     def params(self) -> int:
-        return sum(l.params * l.copies for l in self.layers)
+        return sum(layer.params * layer.copies for layer in self.layers)
 
     @property
     def flops(self) -> int:
-        return sum(l.flops * l.copies for l in self.layers)
+        return sum(layer.flops * layer.copies for layer in self.layers)
 
     @property
     def activations(self) -> int:
         """Elements of every layer's output, per sample (what training keeps for backward)."""
-        return sum(sum(f.numel for f in l.outputs) * l.copies for l in self.layers)
+        return sum(sum(f.numel for f in layer.outputs) * layer.copies for layer in self.layers)
 
 
 def infer(tree: Node, library: Library, input_shape: tuple[int, ...], text: str | None = None) -> Inference:
@@ -76,23 +76,23 @@ def _walk(node: Node, fs: Features, path: Path, copies: int, library: Library, l
     assert isinstance(node, Fork)
     if len(fs) != node.copies:
         raise ShapeError(f"a {node.copies}-way branch list after {len(fs)} features", text, *_where(node), path)
-    outs = []
+    outs: list[Feature] = []
     if node.repeated and all(f == fs[0] for f in fs):
         # one walk stands for every copy (every built-in brancher gives equal inputs)
-        out = _one((yield _walk(node.children[0], fs[:1], path + (0,), copies * node.copies, library, layers, text)),
+        one = _one((yield _walk(node.children[0], fs[:1], path + (0,), copies * node.copies, library, layers, text)),
                    node, path, text)
-        outs = [out] * len(fs)
+        outs = [one] * len(fs)
     elif node.repeated:
         for f in fs:
             outs.append(_one((yield _walk(node.children[0], (f,), path + (0,), copies, library, layers, text)),
                              node, path, text))
     else:
-        for i, (child, f) in enumerate(zip(node.children, fs)):
+        for i, (child, f) in enumerate(zip(node.children, fs, strict=True)):
             outs.append(_one((yield _walk(child, (f,), path + (i,), copies, library, layers, text)), node, path, text))
     return tuple(outs)
 
 
-def _one(out: Features, node: Fork, path: Path, text) -> "Feature":
+def _one(out: Features, node: Fork, path: Path, text) -> Feature:
     if len(out) != 1:
         raise ShapeError("a branch must end in one feature", text, *_where(node), path)
     return out[0]

@@ -14,20 +14,23 @@ naming the einc operation (when the graph says which) and the ATen operator it l
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import EinError, format_path
+from .meta import PATH
 
 if TYPE_CHECKING:
     import torch.fx
 
-    from .api import Architecture
+    from .api import Architecture, Grammar
 
 OPSET = 18
 EXTRA = "ONNX export needs the onnx extra: pip install 'einc[onnx]' (onnx, onnxscript, onnxruntime)"
@@ -74,8 +77,8 @@ def _quiet():
         log.setLevel(level)
 
 
-def export_onnx(gm: "torch.fx.GraphModule", input_shape: Sequence[int], path: str | Path, opset: int = OPSET,
-                arch: "Architecture | None" = None) -> Path:
+def export_onnx(gm: torch.fx.GraphModule, input_shape: Sequence[int], path: str | Path, opset: int = OPSET,
+                arch: Architecture | None = None) -> Path:
     """Write ``gm`` (per-sample ``input_shape``, any batch size) to ``path`` as ONNX.
 
     ``arch``, when given, lets an unsupported operator be reported by its einc operation.
@@ -96,6 +99,7 @@ def export_onnx(gm: "torch.fx.GraphModule", input_shape: Sequence[int], path: st
                                         verbose=False)
     except Exception as e:  # the exporter's failures are many classes; each is reported in one line
         raise OnnxError(f"{path}: error: cannot export to ONNX: {_explain(e, gm, arch)}") from None
+    assert program is not None  # dynamo=True always returns the program; the stubs allow None
     try:
         with _quiet():
             program.save(str(path))
@@ -104,7 +108,7 @@ def export_onnx(gm: "torch.fx.GraphModule", input_shape: Sequence[int], path: st
     return path
 
 
-def compare(gm: "torch.fx.GraphModule", path: str | Path, input_shape: Sequence[int], batch: int = 3,
+def compare(gm: torch.fx.GraphModule, path: str | Path, input_shape: Sequence[int], batch: int = 3,
             seed: int = 0) -> Agreement:
     """Run the ONNX file with onnxruntime and ``gm`` with torch on one random batch; the differences."""
     _require()
@@ -178,14 +182,14 @@ def _explain(e: Exception, gm, arch) -> str:
 
 def _which_op(aten: str, gm, arch) -> str:
     """The einc operation whose lowering calls ``aten``: '"name" (at node /p) lowers to '; or ''."""
-    base = aten.split(".")[-1].strip("_").removeprefix("linalg_")
+    base = aten.rsplit(".", maxsplit=1)[-1].strip("_").removeprefix("linalg_")
     for node in gm.graph.nodes:
         if node.op not in ("call_function", "call_method", "call_module"):
             continue
         target = node.target if node.op != "call_module" else type(gm.get_submodule(node.target)).__name__
         name = getattr(target, "__name__", str(target)).lower()
-        if base and (base in name or name.strip("_") in base) and "einc_path" in node.meta:
-            path = node.meta["einc_path"]
+        if base and (base in name or name.strip("_") in base) and PATH in node.meta:
+            path = node.meta[PATH]
             op = None
             if arch is not None:
                 from .tree import Leaf, at
@@ -197,6 +201,10 @@ def _which_op(aten: str, gm, arch) -> str:
                     op = None
             return (f'operation "{op}" ' if op else "") + f"(at node {format_path(path)}) lowers to "
     return ""
+
+
+def _parse_file(g: Grammar, f: Path, shape: tuple[int, ...]) -> Architecture:
+    return g.parse(f.read_text(encoding="utf-8"), shape)
 
 
 def agreement_sweep(samples: int = 100, seed: int = 0, tolerance: float = 1e-4, echo=print) -> bool:
@@ -211,16 +219,17 @@ def agreement_sweep(samples: int = 100, seed: int = 0, tolerance: float = 1e-4, 
     g = einc.load("einspace")
     root = Path(__file__).resolve().parent.parent / "examples"
     shapes = {"attention_head": (256, 512), "resnet_block": (64, 32, 32)}
-    cases: list[tuple[str, object, tuple[int, ...]]] = []
+    cases: list[tuple[str, Callable[[], Architecture], tuple[int, ...]]] = []
     for f in sorted(root.glob("*.arch")):
         shape = shapes.get(f.stem, (3, 64, 64))
-        cases.append((f.stem, lambda f=f, shape=shape: g.parse(f.read_text(encoding="utf-8"), shape), shape))
+        cases.append((f.stem, functools.partial(_parse_file, g, f, shape), shape))
     rng = random.Random(seed)
     for i in range(samples):
         shape = ((3, 16, 16), (16, 32))[i % 2]
         sampler = Sampler(g.table, shape, Budget(max_params=200_000, max_flops=20_000_000, max_nodes=120))
         tree = sampler.sample(rng)
-        cases.append((f"sample {i}", lambda t=tree, s=shape: g.architecture(t, "Im" if len(s) == 3 else "Col"), shape))
+        mode = "Im" if len(shape) == 3 else "Col"
+        cases.append((f"sample {i}", functools.partial(g.architecture, tree, mode), shape))
     worst, bad = 0.0, 0
     with tempfile.TemporaryDirectory() as d:
         for name, make, shape in cases:
