@@ -22,10 +22,13 @@ from .derivation import parse
 from .errors import ArchError
 from .infer import Inference, infer
 from .notation import show
-from .ops import Features, feature_for, mode_of
+from .ops import Feature, Features, feature_for, mode_of
 from .sample import Budget, Sampler, SamplingError
 from .table import Branches, OpCall, Ref, RuleTable, merge_params
 from .tree import Expansion, Fork, Leaf, Node, Path, counts, deep, replace_at
+
+DEFAULT_BUDGET = Budget()
+"""crossover's budget when none is given: the sampler's defaults."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,9 @@ def _visit(node: Node, fs: Features, up: tuple, path: Path, depth: int, mult: in
     assert isinstance(node, Expansion)
     alt = _alternative_of(node, table, fs, up)
     fin = fs
-    for i, (child, el) in enumerate(zip(node.children, alt.body)):
+    for i, (child, el) in enumerate(zip(node.children, alt.body, strict=True)):
         if isinstance(child, Fork):
-            outs = []
+            outs: list[Feature] = []
             for j, f in enumerate(fs):
                 k = 0 if child.repeated else j
                 if child.repeated and j:
@@ -81,7 +84,7 @@ def _alternative_of(node: Expansion, table: RuleTable, fs: Features, up: tuple):
     for alt in rule.alternatives if rule else ():
         if alt.label != node.label or len(alt.body) != len(node.children):
             continue
-        if all(_matches(el, c) for el, c in zip(alt.body, node.children)):
+        if all(_matches(el, c) for el, c in zip(alt.body, node.children, strict=True)):
             return alt
     raise ArchError(f'node "{node.head}" is not a derivation of the grammar here')
 
@@ -134,12 +137,12 @@ def mutate_at(tree: Expansion, path: Path, sampler: Sampler, rng: random.Random,
     if st is None:
         raise SamplingError(f"no nonterminal node at {path}")
     whole = infer(tree, sampler.table.library, shape)
-    inside = [l for l in whole.layers if l.path[:len(path)] == path]
+    inside = [layer for layer in whole.layers if layer.path[:len(path)] == path]
     c = counts(st.node)
     budget = sampler.budget.scaled_left((
-        whole.params - sum(l.params * l.copies for l in inside),
-        whole.flops - sum(l.flops * l.copies for l in inside),
-        whole.activations - sum(sum(f.numel for f in l.outputs) * l.copies for l in inside),
+        whole.params - sum(layer.params * layer.copies for layer in inside),
+        whole.flops - sum(layer.flops * layer.copies for layer in inside),
+        whole.activations - sum(sum(f.numel for f in layer.outputs) * layer.copies for layer in inside),
         _size(tree) - c.nonterminals - c.terminals))
     if min(budget.max_params, budget.max_flops, budget.max_activations, budget.max_nodes) < 0:
         raise SamplingError("the tree is over the sampler's budget already")
@@ -153,7 +156,7 @@ def mutate_at(tree: Expansion, path: Path, sampler: Sampler, rng: random.Random,
 
 
 def crossover(a: Expansion, b: Expansion, table: RuleTable, input_shape: tuple[int, ...],
-              rng: random.Random, budget: Budget = Budget()) -> Expansion | None:
+              rng: random.Random, budget: Budget = DEFAULT_BUDGET) -> Expansion | None:
     """``a`` with one subtree replaced by a compatible subtree of ``b``; None if there is none."""
     sa, sb = node_states(a, table, input_shape), node_states(b, table, input_shape)
     index: dict = {}

@@ -17,8 +17,9 @@ than Python's recursion limit, and every stage must still handle them.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generator, Iterator
+from typing import Any, overload
 
 from .errors import Span
 from .ops import Args
@@ -33,7 +34,7 @@ class Leaf:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Fork:
-    children: tuple["Node", ...]
+    children: tuple[Node, ...]
     repeated: bool = False
     copies: int = 0  # number of branches; equals len(children) unless repeated
     span: Span | None = field(default=None, compare=False, repr=False)
@@ -49,7 +50,7 @@ class Fork:
 class Expansion:
     head: str
     label: str | None
-    children: tuple["Node", ...]
+    children: tuple[Node, ...]
     span: Span | None = field(default=None, compare=False, repr=False)
 
     def __eq__(self, other: object) -> bool:
@@ -83,7 +84,7 @@ def _equal(a: Node, b: Node) -> bool:
             return False
         if len(x.children) != len(y.children):  # type: ignore[union-attr]
             return False
-        stack.extend(zip(x.children, y.children))  # type: ignore[union-attr]
+        stack.extend(zip(x.children, y.children, strict=True))  # type: ignore[union-attr]
     return True
 
 
@@ -158,6 +159,10 @@ def at(tree: Node, path: Path) -> Node:
     return node
 
 
+@overload
+def replace_at(tree: Expansion, path: Path, new: Expansion) -> Expansion: ...
+@overload
+def replace_at(tree: Node, path: Path, new: Node) -> Node: ...
 def replace_at(tree: Node, path: Path, new: Node) -> Node:
     """A copy of ``tree`` with the subtree at ``path`` replaced; shares everything else."""
     if not path:
@@ -165,7 +170,7 @@ def replace_at(tree: Node, path: Path, new: Node) -> Node:
     spine = [tree]
     for i in path[:-1]:
         spine.append(spine[-1].children[i])  # type: ignore[union-attr]
-    for parent, i in zip(reversed(spine), reversed(path)):
+    for parent, i in zip(reversed(spine), reversed(path), strict=True):
         kids = list(parent.children)  # type: ignore[union-attr]
         kids[i] = new
         new = _with_children(parent, tuple(kids))
