@@ -19,9 +19,10 @@ nesting boxes is enough: no Graphviz); matplotlib, imported lazily, renders ``.s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import EinError, ShapeError
 from .notation import show
@@ -62,7 +63,7 @@ class View:
     kind: str  # "op", "module", "collapsed", "fork"
     label: str
     group: str = ""  # an op's group
-    children: list["View"] = field(default_factory=list)
+    children: list[View] = field(default_factory=list)
     inputs: Features = ()
     outputs: Features = ()
     ops: int = 0  # operations in the subtree (per network, repeated copies counted)
@@ -99,7 +100,8 @@ def _view(node: Node, fs: Features, lib: Library, level: int, depth: int | None)
             kids, outs = [k], list(o) * node.copies
             ops, params = k.ops * node.copies, k.params * node.copies
         else:
-            for child, f in zip(node.children, fs):
+            # no shape check here (infer does that): a fork that does not match its input draws what pairs up
+            for child, f in zip(node.children, fs, strict=False):
                 k, o = _view(child, (f,), lib, level, depth)
                 kids.append(k)
                 outs.extend(o)
@@ -217,8 +219,8 @@ def _block(v: View) -> _Block:
             x += max(it.w, it.exits[0] + _label_w(it.out[0])) + GAP_X
         w = x - GAP_X
         h = max(it.h for it in items)
-        return _Row(w, h, [x0 + e for x0, it in zip(xs, items) for e in it.entries],
-                    [x0 + e for x0, it in zip(xs, items) for e in it.exits], v.outputs, items, xs)
+        return _Row(w, h, [x0 + e for x0, it in zip(xs, items, strict=True) for e in it.entries],
+                    [x0 + e for x0, it in zip(xs, items, strict=True) for e in it.exits], v.outputs, items, xs)
     return _stack([_block(c) for c in v.children])
 
 
@@ -228,7 +230,7 @@ def _stack(items: list[_Block]) -> _Stack:
         flat.extend(it.items if isinstance(it, _Stack) else [it])
     w = max(it.w for it in flat)
     for it in flat[:-1]:  # room for the edge labels right of each exit (blocks are centred)
-        for e, f in zip(it.exits, it.out):
+        for e, f in zip(it.exits, it.out, strict=False):  # a block with no output still has one exit
             w = max(w, 2 * (e - it.w / 2 + _label_w(f)) + 8, 2 * (it.w / 2 - e) + 8)
     h = sum(it.h for it in flat) + GAP_Y * (len(flat) - 1)
     first, last = flat[0], flat[-1]
@@ -258,7 +260,7 @@ def _place(b: _Block, x: float, y: float, c: _Canvas) -> None:
         c.texts.append((x + b.w - 3, y + 3, b.mark, FONT, "#333333", "right", "top"))
         _place(b.item, x + (b.w - b.item.w) / 2, y + FRAME, c)
     elif isinstance(b, _Row):
-        for x0, it in zip(b.xs, b.items):
+        for x0, it in zip(b.xs, b.items, strict=True):
             _place(it, x + x0, y, c)
             for e in it.exits:  # shorter branches run on to the row's bottom
                 if it.h < b.h:
@@ -278,8 +280,9 @@ def _place(b: _Block, x: float, y: float, c: _Canvas) -> None:
 def _edges(a: _Block, ax: float, ay: float, b: _Block, bx: float, by: float, c: _Canvas) -> None:
     srcs = [ax + e for e in a.exits]
     dsts = [bx + e for e in b.entries]
-    pairs = list(zip(srcs, dsts, a.out)) if len(srcs) == len(dsts) else [
-        (s, d, f) for s, f in zip(srcs, a.out) for d in dsts]
+    # a block with no output still has one exit: exits and features may differ in number
+    pairs = list(zip(srcs, dsts, a.out, strict=False)) if len(srcs) == len(dsts) else [
+        (s, d, f) for s, f in zip(srcs, a.out, strict=False) for d in dsts]
     mid = ay + 0.62 * (by - ay)
     labelled = set()
     for s, d, f in pairs:
@@ -368,7 +371,7 @@ def _place_tree(v: View, x0: float, y0: float, c: _Canvas) -> tuple[float, float
 # ---------------------------------------------------------------- public
 
 
-def draw(arch: "Architecture", input_shape: Sequence[int], path: str | Path, depth: int | None = None,
+def draw(arch: Architecture, input_shape: Sequence[int], path: str | Path, depth: int | None = None,
          title: str | None = None) -> Path:
     """Write the picture of ``arch`` at per-sample ``input_shape`` to ``path`` (.svg or .png).
 
@@ -459,6 +462,6 @@ def _render(c: _Canvas, w: float, h: float, path: Path, fmt: str) -> None:
                         fontsize=FONT if i == 0 else FONT - 1, color="white" if dark else "black", zorder=4)
         for x, y, text, size, colour, ha, va in c.texts:
             ax.text(x, y, text, ha=ha, va=va, fontsize=size, color=colour, zorder=4)
-        dpi = 100 if fmt == "png" else 72
+        dpi: float = 100 if fmt == "png" else 72
         dpi = min(dpi, MAX_PIXELS * 72 / max(w, h))
         fig.savefig(path, format=fmt, dpi=dpi, facecolor="white")
