@@ -49,6 +49,11 @@ class Grammar:
     def default_shape(self) -> tuple[int, ...] | None:
         return self.table.start.shape
 
+    def _start_mode(self) -> str:
+        mode = self.table.start.mode
+        assert mode is not None  # a start without a mode is a bad-start error: no such grammar compiles
+        return mode
+
     def check_input(self, input_shape) -> tuple[int, ...]:
         """The shape as a tuple if this grammar can take it as input, else ``InputError``:
         a shape that is not C,H,W or S,D of positive sizes, or a mode the grammar derives
@@ -64,7 +69,7 @@ class Grammar:
                             code="arch-syntax")
         shape = self.check_input(input_shape) if input_shape is not None else None
         mode = feature_for(shape).mode if shape else None
-        arch = Architecture(self, parse(text.strip(), self.table, mode), mode or self.table.start.mode)
+        arch = Architecture(self, parse(text.strip(), self.table, mode), mode or self._start_mode())
         if shape is not None:
             infer(arch.tree, self.library, shape, text.strip())
         return arch
@@ -73,7 +78,7 @@ class Grammar:
         """Wrap a tree (from ``einc.sample.Sampler``, ``einc.mutate``) for printing and building."""
         if not isinstance(tree, Expansion):
             raise EinError(f"an architecture's tree is an einc.Expansion, not {type(tree).__name__}")
-        return Architecture(self, tree, mode or self.table.start.mode)
+        return Architecture(self, tree, mode or self._start_mode())
 
     def sample(self, input_shape: tuple[int, ...] | None = None, seed: int | random.Random = 0,
                budget: Budget | None = None) -> Architecture:

@@ -118,19 +118,21 @@ def _count(node: Expansion, table: RuleTable, m, b, params, counts: Counts) -> t
     if ai is None:
         raise FitError(f'an expansion of "{node.head}" matches no alternative of its rule')
     counts.add((node.head, m, b, params), (node.head, ri), ai)
-    for el, child in zip(rule.alternatives[ai].body, node.children):
+    for el, child in zip(rule.alternatives[ai].body, node.children, strict=True):  # _matches checked the length
         if isinstance(el, OpCall):
             eff = finite_effect(table, el, m, b)
             if eff is None:
                 raise FitError(f'"{el.op}" does not apply in mode {m or "mixed"} with b={b}')
             m, b = eff
         elif isinstance(el, Ref):
+            assert isinstance(child, Expansion)  # _matches: a Ref's node is an expansion of it
             m, b = _count(child, table, m, b, merge_params(params, el.sets), counts)
         else:
             arm = el.arm_for(env | {"m": m, "b": b})
             assert arm is not None and isinstance(child, Fork)
             modes = set()
-            for ref, kid in zip(arm.items if not arm.repeated else arm.items[:1], child.children):
+            for ref, kid in zip(arm.items if not arm.repeated else arm.items[:1], child.children, strict=True):
+                assert isinstance(kid, Expansion)  # every branch is a Ref's expansion
                 m2, _ = _count(kid, table, m, 1, merge_params(params, ref.sets), counts)
                 modes.add(m2)
             m = modes.pop() if len(modes) == 1 else None
@@ -140,7 +142,7 @@ def _count(node: Expansion, table: RuleTable, m, b, params, counts: Counts) -> t
 def _matches(alt: Alternative, node: Expansion) -> bool:
     if alt.label != node.label or len(alt.body) != len(node.children):
         return False
-    for el, child in zip(alt.body, node.children):
+    for el, child in zip(alt.body, node.children, strict=True):
         if isinstance(el, OpCall):
             if not (isinstance(child, Leaf) and child.op == el.op and child.args == el.args):
                 return False
@@ -179,18 +181,20 @@ def with_probabilities(table: RuleTable, probs: dict[RuleId, list[float]]) -> Ru
     rules = {}
     for head, rs in table.rules.items():
         rules[head] = tuple(replace(r, alternatives=tuple(replace(a, prob=p) for a, p in
-                                                            zip(r.alternatives, probs[(head, ri)])))
+                                                            zip(r.alternatives, probs[(head, ri)], strict=True)))
                             for ri, r in enumerate(rs))
     return RuleTable(table.path, table.start, table.params, rules, table.library, table.source + "\n#fit")
 
 
 def spectral_radius(table: RuleTable) -> float:
-    return analyse(table, table.start.mode).rho
+    mode = table.start.mode
+    assert mode is not None  # a start without a mode is a bad-start error: no such grammar compiles
+    return analyse(table, mode).rho
 
 
 def mix(a: dict, b: dict, t: float) -> dict:
     """``(1 - t) * a + t * b``, rule by rule."""
-    return {k: [(1 - t) * x + t * y for x, y in zip(a[k], b[k])] for k in a}
+    return {k: [(1 - t) * x + t * y for x, y in zip(a[k], b[k], strict=True)] for k in a}
 
 
 def shrink(table: RuleTable, fitted: dict, prior: dict, max_rho: float = MAX_RHO,
@@ -255,7 +259,7 @@ def render(text: str, path: str, table: RuleTable, probs: dict[RuleId, list[floa
             if any(a.span is None or a.span.path != path for a in rule.alternatives):
                 raise FitError(f'rule "{head}" comes from an included file; fit rewrites one file: '
                                "inline the included files first")
-            if all(abs(p - a.prob) <= 1e-12 for p, a in zip(probs[(head, ri)], rule.alternatives)):
+            if all(abs(p - a.prob) <= 1e-12 for p, a in zip(probs[(head, ri)], rule.alternatives, strict=True)):
                 continue  # unchanged (no uses): the text stays as written
             edits.extend(_rule_edits(text, off, rule, probs[(head, ri)], table))
     out = text
@@ -277,7 +281,7 @@ def _rule_edits(text, off, rule: Rule, probs: list[float], table: RuleTable):
     items = []
     for g in groups:
         ps = [probs[i] for i in g]
-        if max(ps) - min(ps) <= 1e-9 * max(1.0, max(ps)):
+        if max(ps) - min(ps) <= 1e-9 * max(1.0, *ps):
             items.append((g, g, sum(ps)))
         else:
             items.extend((g, [i], probs[i]) for i in g)
@@ -287,11 +291,13 @@ def _rule_edits(text, off, rule: Rule, probs: list[float], table: RuleTable):
     if written[big] < 0:  # cannot happen with 4 digits unless probabilities are degenerate
         written[big] = Decimal(0)
     first = rule.alternatives[0].span
+    assert first is not None  # render refused alternatives without a span
     line_start = text.rfind("\n", 0, off(first.line, first.col)) + 1
     indent = max(off(first.line, first.col) - line_start - 2, 0)  # "| " lines up with the first alternative
     pieces, ranges = [], []
     for g in groups:
         span = rule.alternatives[g[0]].span
+        assert span is not None
         s, e = off(span.line, span.col), off(span.end_line, span.end_col)
         alt_text = text[s:e]
         at = alt_text.find("@")
@@ -310,7 +316,7 @@ def _rule_edits(text, off, rule: Rule, probs: list[float], table: RuleTable):
     if any(len(p) > 1 for p in pieces) and not any("#" in b for b in between):
         # some alternative is split: the rule is rewritten one alternative per line
         return [(ranges[0][0], ranges[-1][1], sep.join(x for p in pieces for x in p))]
-    return [(s, e, sep.join(p)) for (s, e), p in zip(ranges, pieces)]
+    return [(s, e, sep.join(p)) for (s, e), p in zip(ranges, pieces, strict=True)]
 
 
 def _num(d: Decimal) -> str:
@@ -329,6 +335,7 @@ def _variant_text(off, s: int, body: str, alt: Alternative, varying: set[int], t
     subs = []
     for j in sorted(varying):
         el = alt.body[j]
+        assert isinstance(el, OpCall) and el.span is not None  # _varying: op positions of a spanned rule
         es, ee = off(el.span.line, el.span.col), off(el.span.end_line, el.span.end_col)
         subs.append((es - s, ee - s, _op_text(el, table)))
     for a, b, new in sorted(subs, reverse=True):
@@ -412,7 +419,8 @@ def _notes(table: RuleTable, counts: Counts, prior: dict, probs: dict) -> list[s
             pooled_note = ""
             if len(states) > 1:
                 pooled_note = "; pooled over " + ", ".join(f"{_state(s)} ({c})" for s, c in states.items())
-            out.append(f"{name}: {n} use{'s' if n != 1 else ''}; largest change {_alt_name(rule.alternatives[k], table)} "
+            out.append(f"{name}: {n} use{'s' if n != 1 else ''}; "
+                       f"largest change {_alt_name(rule.alternatives[k], table)} "
                        f"{prior[rid][k]:.4f} -> {probs[rid][k]:.4f}{pooled_note}")
     return out
 

@@ -128,7 +128,9 @@ def solve(table: RuleTable, mode: str, weight: Callable[[Alternative], float], m
           tol: float = 1e-12) -> Solution:
     """Kleene iteration of the output distributions from zero (the least fixpoint)."""
     start: Key = (table.start.symbol, mode, 1, table.start.params)
-    keys, out, first_ref = [start], {start: {}}, {}
+    keys: list[Key] = [start]
+    out: dict[Key, Out] = {start: {}}
+    first_ref: dict[Key, Ref] = {}
     converged = False
     for _ in range(max_iter):
         new_out: dict[Key, Out] = {}

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from .api import Architecture, Grammar
 from .errors import EinError
 from .ops import feature_for
-from .sample import Budget, Sampler, SamplingError
+from .sample import Budget, Chooser, Sampler, SamplingError
 
 SMALL = Budget(max_params=2_000_000, max_flops=200_000_000, max_activations=1_000_000, max_nodes=200,
                max_depth=40)
@@ -58,7 +58,8 @@ def _fits(sampler: Sampler, budget: Budget) -> None:
     def first(weights) -> int:  # the smallest alternatives first, as Hypothesis shrinks
         return 0
 
-    for rng in (first, *(random.Random(i) for i in range(3))):
+    rngs: tuple[random.Random | Chooser, ...] = (first, *(random.Random(i) for i in range(3)))
+    for rng in rngs:
         try:
             sampler.sample(rng)
             return
