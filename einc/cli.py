@@ -412,8 +412,8 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @_budget_options
 @_plugin_option
 def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fidelity, eta, population,
-           tournament, lr, batch_size, seed, device, workers, time_limit, compile_model, amp, graphs, out, resume, plugins,
-           **kw) -> None:
+           tournament, lr, batch_size, seed, device, workers, time_limit, compile_model, amp, graphs, out, resume,
+           plugins, **kw) -> None:
     """Search GRAMMAR's space on a dataset; results survive a crash (--resume).
 
     --budget counts trainings: a proposal that repeats an architecture already evaluated reuses

@@ -49,9 +49,9 @@ from .operand_order import order_add_operands
 from .permute_chains import remove_permutes
 from .provenance import pack_state_dict, unpack_state_dict
 
-__all__ = ["CPU", "CUDA", "FUSIONS", "LOCAL", "PIPELINE", "CostModel", "Pass", "batch_branches", "cost_model", "dead_code",
-           "dedupe", "fuse_attention", "fuse_convolutions", "merge_linears", "optimize", "order_add_operands",
-           "pack_state_dict", "remove_permutes", "unpack_state_dict"]
+__all__ = ["CPU", "CUDA", "FUSIONS", "LOCAL", "PIPELINE", "CostModel", "Pass", "batch_branches", "cost_model",
+           "dead_code", "dedupe", "fuse_attention", "fuse_convolutions", "merge_linears", "optimize",
+           "order_add_operands", "pack_state_dict", "remove_permutes", "unpack_state_dict"]
 
 Pass = Callable[[fx.GraphModule, CostModel], int]
 
