@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import einc  # noqa: E402
-from einc.derivation import _parse_cached, parse as parse_arch  # noqa: E402  (cache cleared: real parse times)
+from einc.derivation import _parse_cached  # noqa: E402  (cache cleared: real parse times)
+from einc.derivation import parse as parse_arch  # noqa: E402
 from einc.ops import feature_for  # noqa: E402
 
 from handwritten import MODELS  # noqa: E402

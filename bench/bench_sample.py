@@ -51,7 +51,8 @@ def timing(g, shape, n):
         t0 = time.perf_counter()
         mutate(t, s, rng)
         muts.append(time.perf_counter() - t0)
-    print(f"input {','.join(map(str, shape)):>8s}: {n / total:8.0f} samples/s   median {1e3 * statistics.median(times):.3f} ms"
+    print(f"input {','.join(map(str, shape)):>8s}: {n / total:8.0f} samples/s   "
+          f"median {1e3 * statistics.median(times):.3f} ms"
           f"   p99 {1e3 * times[int(0.99 * n)]:.2f} ms   max {1e3 * times[-1]:.1f} ms   "
           f"mutation median {1e3 * statistics.median(muts):.2f} ms")
 

@@ -27,6 +27,7 @@ journal's ``metrics.step`` and ``metrics.amp``); then the ratios best / baseline
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -58,7 +59,7 @@ def digits_subset(path: Path, sizes: tuple[int, int, int] = QUICK_SIZES) -> Path
     d = load_data("digits", normalise=False)
     arrays = {}
     top = int(d.train_y[:sizes[0]].max())
-    for split, n in zip(("train", "valid", "test"), sizes):
+    for split, n in zip(("train", "valid", "test"), sizes, strict=True):
         x, y = getattr(d, f"{split}_x"), getattr(d, f"{split}_y")
         keep = np.flatnonzero(y <= top)[:n]  # no class the cut training split lacks
         arrays[f"{split}_x"], arrays[f"{split}_y"] = x[keep], y[keep]
@@ -75,7 +76,7 @@ def synthetic_cifar(path: Path, sizes: tuple[int, int, int] = (20_000, 2_000, 2_
     rng = np.random.default_rng(seed)
     patterns = rng.normal(size=(classes, 3, 32, 32)).astype(np.float32)
     arrays = {}
-    for split, n in zip(("train", "valid", "test"), sizes):
+    for split, n in zip(("train", "valid", "test"), sizes, strict=True):
         y = rng.integers(0, classes, size=n)
         x = 0.35 * patterns[y] + rng.normal(size=(n, 3, 32, 32)).astype(np.float32)
         arrays[f"{split}_x"], arrays[f"{split}_y"] = x.astype(np.float32), y.astype(np.int64)
@@ -123,10 +124,8 @@ class BusySampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(Exception):  # a missed sample is only a missed sample
                 self.samples.append((time.monotonic(), float(self._read())))
-            except Exception:  # noqa: BLE001, S110  a missed sample is only a missed sample
-                pass
             self._stop.wait(self.period)
 
     def __enter__(self) -> Self:
@@ -262,7 +261,7 @@ def print_task(name: str, base: dict, best: dict, labels: tuple[str, str]) -> No
         a, b = base.get(key), best.get(key)
         ratio = f"{b / a:.2f}x" if isinstance(a, float) and isinstance(b, float) and a > 0 else ""
         print(f"{title:30s}{_fmt(a, kind):>22s}{_fmt(b, kind):>22s}{ratio:>18s}")
-    for label, r in zip(labels, (base, best)):
+    for label, r in zip(labels, (base, best), strict=True):
         line = (f"{label}: {r['evaluations']} evaluations ({r['trained']} trained, {r['failed']} failed), "
                 f"CUDA-graph steps in {r['graph_steps']}, bf16 in {r['amp_on']}; busy from {r['busy_source']}")
         print("  " + line)
