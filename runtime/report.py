@@ -84,6 +84,13 @@ def summarize(config, grammar, shape, num_classes: int, records: list[dict[str, 
     return summary
 
 
+def _began(r: dict) -> float:
+    """When a worker began the job: its finish less the job's own build and training time (the
+    dispatch time ``started`` also counts a worker still importing torch)."""
+    inside = sum(r.get("timing", {}).get(k, 0.0) for k in ("build", "train"))
+    return r["finished"] - inside if inside else r["started"]
+
+
 def _throughput(records: list[dict], workers: int) -> dict[str, Any]:
     """Figures of the latest session (a resumed search reuses what its journal held before)."""
     sessions = [r for r in records if _kind(r) == "session"]
@@ -101,8 +108,9 @@ def _throughput(records: list[dict], workers: int) -> dict[str, Any]:
     return {
         "wall_seconds": round(wall, 1),
         "evaluations_per_minute": round(60 * len(mine) / wall, 2) if wall > 0 else None,
-        # from grammar, data and workers ready to the first evaluation's dispatch
-        "first_evaluation_after": round(first - sessions[-1].get("ready", since), 2) if sessions else None,
+        # from the search's grammar and data ready to a worker starting the first candidate's build
+        "first_evaluation_after": round(min(_began(r) for r in mine) - sessions[-1].get("ready", since), 2)
+        if sessions else None,
         # sum of evaluation times over (workers x the evaluation phase): 1.0 means no worker ever waited
         "busy": round(min(1.0, evaluating / (workers * phase)), 4) if phase > 0 else None,
         # worker time not spent in training loops: building, worker start-up, waiting for proposals
