@@ -12,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-import bench_search
-from einc.runtime.data import load_npz
+import bench_search  # noqa: E402  (found on the path set above)
+from einc.runtime.data import load_npz  # noqa: E402
 
 
 def test_synthetic_cifar_is_a_valid_learnable_npz(tmp_path):

@@ -119,7 +119,7 @@ def test_digits_task_labels_are_digit_sums_and_pools_are_disjoint():
     from sklearn.datasets import load_digits
 
     base = load_digits()
-    lookup = {im.tobytes(): int(t) for im, t in zip(base.images.astype(np.float32), base.target)}
+    lookup = {im.tobytes(): int(t) for im, t in zip(base.images.astype(np.float32), base.target, strict=True)}
     d = digits_task(0, count=3, normalise=False)
     pools = {}
     for split in ("train", "valid", "test"):

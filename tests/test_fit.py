@@ -204,7 +204,8 @@ def _journal(folder, rows, config=None):
 
 
 def _run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "einc.cli", *args], capture_output=True, text=True, cwd=cwd, check=False)
+    return subprocess.run([sys.executable, "-m", "einc.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          check=False)
 
 
 ROWS = [

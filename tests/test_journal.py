@@ -30,7 +30,7 @@ def test_append_then_read_back_plain_json_lines(tmp_path):
 
 def test_append_fsyncs_before_returning(tmp_path, monkeypatch):
     synced = []
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(os, "fsync", synced.append)
     j = Journal(tmp_path / "j.jsonl")
     j.append(RECORD)
     j.append(RECORD)

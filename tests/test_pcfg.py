@@ -285,7 +285,7 @@ def sample(table: RuleTable, rng: random.Random) -> tuple[int, int, int]:
                     out = expand(arm.items[0].name, features[:1], params, copies * len(features))
                     features = out * len(features)
                 else:
-                    features = tuple(f for ref, x in zip(arm.items, features)
+                    features = tuple(f for ref, x in zip(arm.items, features, strict=True)
                                      for f in expand(ref.name, (x,), params, copies))
         return features
 

@@ -6,6 +6,7 @@ import math
 import os
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -188,7 +189,7 @@ def test_mutation_changes_exactly_one_subtree_and_keeps_budgets(shape):
 
 
 def test_mutation_of_seed_keeps_rest_of_the_string():
-    resnet = G.parse(open("examples/resnet18.arch").read()).tree
+    resnet = G.parse(Path("examples/resnet18.arch").read_text()).tree
     s = Sampler(G.table, (3, 64, 64))
     rng = random.Random(0)
     text = show(resnet)
@@ -202,7 +203,7 @@ def test_mutation_of_seed_keeps_rest_of_the_string():
 
 
 def test_crossover_children_are_valid():
-    resnet = G.parse(open("examples/resnet18.arch").read()).tree
+    resnet = G.parse(Path("examples/resnet18.arch").read_text()).tree
     s = Sampler(G.table, (3, 64, 64))
     rng = random.Random(1)
     made = 0

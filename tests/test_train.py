@@ -222,7 +222,7 @@ def fit(capturer=None, n=120, batch_size=16, epochs=2, seed=0):
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_graph_replays_train_exactly_like_eager_steps_partial_last_batch_included():
@@ -422,7 +422,7 @@ def test_gpu_graph_losses_equal_eager():
     (eager, m_eager), (graph, m_graph) = runs[False], runs[True]
     assert eager["step"] == "eager" and graph["step"] == "graph", graph.get("graph_error")
     assert graph["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4, abs=1e-5)
-    for p, q in zip(m_eager.parameters(), m_graph.parameters()):
+    for p, q in zip(m_eager.parameters(), m_graph.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
 
 
