@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import FakeEvaluator
-
 from einc.cli import main
 from einc.errors import EinError
 from einc.runtime.journal import Journal, JournalWarning
 from einc.runtime.search import SearchConfig, SearchError, run_search
+
+from conftest import FakeEvaluator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,15 +35,6 @@ TINY = dict(data="digits10", budget=6, epochs=1, batch_size=64, max_params=100_0
 
 def evals(out: Path) -> list[dict]:
     return [r for r in Journal(out / "journal.jsonl").records() if r["kind"] == "eval"]
-
-
-def same_results(a: list[dict], b: list[dict]) -> None:
-    assert [r["index"] for r in a] == [r["index"] for r in b] == list(range(len(a)))
-    for x, y in zip(a, b):
-        assert (x["arch"], x["status"], x.get("duplicate_of")) == (y["arch"], y["status"], y.get("duplicate_of"))
-        for k in ("val_acc", "train_loss"):
-            if k in x["metrics"]:
-                assert x["metrics"][k] == pytest.approx(y["metrics"][k], abs=1e-6)
 
 
 def test_random_search_end_to_end_leaves_every_output(tmp_path):
@@ -117,10 +108,9 @@ def _child_run(out: Path, cfg: SearchConfig) -> subprocess.Popen:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
 def test_sigkill_of_the_search_kills_its_workers_and_resume_completes(tmp_path):
-    cfg = SearchConfig(strategy="re", population=3, tournament=2, **TINY)
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
-    run_search(cfg, ref)
-
+    """Real processes; the exactness of the replay itself is tests/test_schedule.py's, on a fake evaluator."""
+    cfg = SearchConfig(strategy="re", population=2, tournament=2, **dict(TINY, budget=4))
+    killed = tmp_path / "killed"
     child = _child_run(killed, cfg)
     journal = killed / "journal.jsonl"
     deadline = time.monotonic() + 120
@@ -139,13 +129,15 @@ def test_sigkill_of_the_search_kills_its_workers_and_resume_completes(tmp_path):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_search(cfg, killed, resume=True)
+        summary = run_search(cfg, killed, resume=True)
     assert any(issubclass(w.category, JournalWarning) for w in caught)
     assert b'{"index": 5, "kind": "ev' in (killed / "journal.jsonl.damaged").read_bytes()
     assert journal.read_bytes().startswith(before)  # the journal before the kill is kept as it was
-    same_results(evals(ref), evals(killed))  # one worker: the uninterrupted search's results, in order
-    indices = [r["index"] for r in evals(killed)]
-    assert indices == sorted(set(indices))  # nothing evaluated twice
+    records = evals(killed)
+    indices = [r["index"] for r in records]
+    assert sorted(indices) == sorted(set(indices)) and summary["trained"] == 4  # nothing twice, budget done
+    done_before = [line for line in before.decode().splitlines() if '"kind": "eval"' in line]
+    assert len(done_before) >= 2 and all(line.encode() in journal.read_bytes() for line in done_before)
 
 
 def test_resume_refuses_a_journal_from_another_search(tmp_path):
@@ -224,6 +216,9 @@ def test_ctrl_c_stops_everything_and_says_how_to_resume(tmp_path):
     os.kill(child.pid, signal.SIGINT)
     _, err = child.communicate(timeout=30)
     assert child.returncode == 130 and f"einc search --out {out} --resume" in err and "Traceback" not in err
+    gone = time.monotonic() + 2.0  # multiprocessing's resource tracker exits when it reads EOF
+    while _group_alive(child.pid) and time.monotonic() < gone:
+        time.sleep(0.05)
     assert _group_alive(child.pid) == []
     assert any(r["kind"] == "eval" for r in Journal(journal).records())
 
@@ -251,3 +246,14 @@ def test_a_grammar_in_another_mode_than_the_data_is_named_before_any_training(tm
     with pytest.raises(EinError, match="starts in mode Col; the input 2,8,8 is Im"):
         run_search(SearchConfig(grammar=str(grammar), data="digits", budget=2), tmp_path / "o", evaluator=ev)
     assert ev.submitted == []
+
+
+def test_amp_and_graphs_run_on_a_cpu_with_a_one_line_note(tmp_path):
+    r = CliRunner().invoke(main, ["search", "--data", "digits10", "--strategy", "rs", "--budget", "1", "--epochs", "1",
+                                  "--batch-size", "64", "--max-params", "50000", "--amp", "--graphs", "--device", "cpu",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0 and "Traceback" not in r.output
+    notes = [line for line in r.output.splitlines() if line.strip().startswith("note:")]
+    assert len(notes) == 1 and "CUDA" in notes[0]
+    record = next(r for r in Journal(tmp_path / "o" / "journal.jsonl").records() if r["kind"] == "eval")
+    assert record["metrics"]["step"] == "eager" and record["metrics"]["amp"] is False
