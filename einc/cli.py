@@ -630,8 +630,10 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
             continue
         evaluated += 1
         index = r.get("index", n)
-        if arch not in best or (acc, -index) > (best[arch][0], -best[arch][1]):
-            best[arch] = (float(acc), index, r)
+        # a multi-fidelity search's score: any longer training (higher rung) outranks a shorter one
+        score = float(acc) + (r.get("rung") if isinstance(r.get("rung"), int) else 0)
+        if arch not in best or (score, -index) > (best[arch][0], -best[arch][1]):
+            best[arch] = (score, index, r)
     if not best:
         _fail(f"{path}: error: no evaluated architecture (status ok with a numeric metrics.val_acc) to fit to")
     chosen = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[1][1]))[:top]
@@ -644,7 +646,7 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
                   f"({str(e).splitlines()[0]}); give the search's grammar with --grammar")
         archs.append(show(tree))
         other_hash += r.get("grammar_hash") not in (None, g.hash)
-    accs = [acc for _, (acc, _, _) in chosen]
+    accs = [float(r["metrics"]["val_acc"]) for _, (_, _, r) in chosen]
     header = [f"Fitted by `einc fit` from {path}: the K={len(chosen)} best of {len(best)} distinct architectures",
               f"evaluated (status ok; val_acc {min(accs):.4f} to {max(accs):.4f}). Dirichlet prior of strength "
               f"S={strength:g}",
