@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_search  # noqa: E402  (found on the path set above)
+
 from einc.runtime.data import load_npz  # noqa: E402
 
 

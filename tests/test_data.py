@@ -97,7 +97,7 @@ def test_digits_task_shapes_labels_and_determinism():
     assert a.input_shape == (2, 8, 8) and a.num_classes == 19
     assert a.train_x.shape == (5000, 2, 8, 8) and a.valid_x.shape == a.test_x.shape == (1000, 2, 8, 8)
     for y in (a.train_y, a.valid_y, a.test_y):
-        assert y.dtype == np.int64 and 0 <= y.min() and y.max() <= 18
+        assert y.dtype == np.int64 and y.min() >= 0 and y.max() <= 18
     assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.test_y, b.test_y)
     assert not np.array_equal(a.train_x, c.train_x)
     assert load_data("digits", seed=1).train_x.shape == c.train_x.shape

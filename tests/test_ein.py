@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 from lark import Lark
 
@@ -15,6 +16,8 @@ from einc.ein import analyse, compile_ein, read_ein
 from einc.errors import CODES, EinCheckError
 from einc.grammar import EIN_LARK, EINSPACE
 from einc.table import Arm, Branches, OpCall, Ref
+
+from conftest import examples
 
 EINSPACE_TEXT = EINSPACE.read_text(encoding="utf-8")
 START = "start S(shape=(3, 32, 32))\n"
@@ -349,7 +352,7 @@ _EXPLICIT = {
 }
 
 
-@settings(max_examples=2000, deadline=None, database=None,
+@settings(max_examples=examples(2000), deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.data_too_large])
 @given(from_lark(_LARK, explicit=_EXPLICIT))
@@ -381,7 +384,8 @@ def mutated_einspace(draw) -> str:
     return "".join(units)
 
 
-@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_einspace())
 def test_fuzz_mutated_einspace(text: str) -> None:
     assert_diagnoses(text)

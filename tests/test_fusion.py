@@ -14,13 +14,36 @@ import torch.nn.functional as F
 import einc
 from einc.emit import emit, load_source
 from einc.meta import STACKED
-from einc.passes import (CPU, CUDA, LOCAL, batch_branches, cost_model, dedupe, fuse_attention, merge_linears,
-                         optimize, order_add_operands, pack_state_dict, unpack_state_dict)
+from einc.passes import (
+    CPU,
+    CUDA,
+    LOCAL,
+    batch_branches,
+    cost_model,
+    dedupe,
+    fuse_attention,
+    merge_linears,
+    optimize,
+    order_add_operands,
+    pack_state_dict,
+    unpack_state_dict,
+)
 from einc.testing import SMALL
 from einc.verify import assert_same_function
 
-from _builds import (SEEDS, check, check_sampled, fused_like, grammar, one_thread, round_trip,  # noqa: F401
-                     same_in_training, same_when_emitted, seed, unoptimised)
+from _builds import (  # noqa: F401
+    SEEDS,
+    check,
+    check_sampled,
+    fused_like,
+    grammar,
+    one_thread,
+    round_trip,
+    same_in_training,
+    same_when_emitted,
+    seed,
+    unoptimised,
+)
 
 IM, COL = (4, 8, 16), (6, 8)
 FOUR = ["resnet18", "wrn16_4", "vit", "mixer"]
@@ -291,4 +314,4 @@ def test_a_wrong_state_dict_is_refused():
 @pytest.mark.parametrize("shape", [(3, 16, 16), (4, 12, 8), (8, 16)], ids=str)
 def test_sampled_networks_with_equal_branches_are_exact(shape):
     """Networks with equal branches, sampled (small budget): optimised equals unoptimised."""
-    assert check_sampled(shape, 25, first_seed=1000, budget=SMALL, equal_branches_only=True) >= 15
+    assert check_sampled(shape, 15, first_seed=1000, budget=SMALL, equal_branches_only=True) >= 9

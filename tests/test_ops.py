@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from einc.ops import (BUILTIN, COL, IM, Cost, Feature, Library, NotApplicable, Op, feature_for, mode_of,
-                      representative)
+from einc.ops import BUILTIN, COL, IM, Cost, Feature, Library, NotApplicable, Op, feature_for, mode_of, representative
 
 
 def im(c: int, h: int, w: int) -> Feature:
@@ -195,7 +194,7 @@ def test_one_to_one_ops_refuse_branches(name: str) -> None:
 
 
 def test_every_builtin_op_has_a_shape_test() -> None:
-    assert TESTED == set(BUILTIN), set(BUILTIN) - TESTED
+    assert set(BUILTIN) == TESTED, set(BUILTIN) - TESTED
 
 
 # ---------------------------------------------------------------- hyperparameters

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from einc.ein import analyse as analyse_text, compile_ein
+from einc.ein import analyse as analyse_text
+from einc.ein import compile_ein
 from einc.ops import feature_for, mode_of
 from einc.pcfg import analyse
 from einc.table import Branches, OpCall, Ref, RuleTable

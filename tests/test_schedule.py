@@ -7,15 +7,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FakeEvaluator
 
 import einc
 from einc.notation import show
-from einc.sample import Budget, Sampler
-from einc.runtime.workers import Job
 from einc.runtime.journal import Journal
 from einc.runtime.schedule import ReplayError, Scheduler
 from einc.runtime.strategies import RandomSearch, RegularisedEvolution
+from einc.runtime.workers import Job
+from einc.sample import Budget, Sampler
+
+from conftest import FakeEvaluator
 
 G = einc.load("einspace")
 SHAPE = (1, 8, 8)

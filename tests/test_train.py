@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from einc.runtime import train as train_module
 from einc.runtime.data import Dataset
 from einc.runtime.train import (
@@ -32,7 +34,6 @@ from einc.runtime.train import (
     warm_up,
 )
 from einc.runtime.train_step import WARMUP, TrainStep, cosine_schedule
-from torch import nn
 
 
 @pytest.fixture(autouse=True)

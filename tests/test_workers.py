@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-import _jobs
 import pytest
 
 from einc.errors import EinError
 from einc.runtime.workers import Evaluator, InlineEvaluator, Job, LocalEvaluator, Outcome
+
+import _jobs
 
 
 def run(ev: Evaluator, *jobs: Job) -> dict[str, Outcome]:
