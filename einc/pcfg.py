@@ -225,7 +225,7 @@ def analyse(table: RuleTable, mode: str) -> Report:
 
     critical = {}
     for head in _recursive(table, keys, e):
-        term = _terminating(table, head)
+        term = terminating(table, head)
         now = sum(a.prob for a in table.rules[head][0].alternatives if id(a) in term)
         critical[head] = (_critical(probs, head, table, lambda p: _radius(matrices(p)[0])),
                           _critical(probs, head, table, lambda p: _radius(matrices(p)[1])), now)
@@ -288,14 +288,20 @@ def _recursive(table: RuleTable, keys, e: np.ndarray) -> list[str]:
     return heads
 
 
-def _terminating(table: RuleTable, head: str) -> set[int]:
+def terminating(table: RuleTable, head: str) -> set[int]:
     """Alternatives of ``head`` with no nonterminal that can lead back to ``head``."""
-    back = _leads_to(table, head)
+    back = leads_to(table, head)
     return {id(a) for r in table.rules[head] for a in r.alternatives
             if not any(ref.name in back for ref in a.refs)}
 
 
-def _leads_to(table: RuleTable, head: str) -> set[str]:
+def is_recursive(table: RuleTable, head: str) -> bool:
+    """Does some alternative of ``head`` lead back to ``head``?"""
+    back = leads_to(table, head)
+    return any(ref.name in back for r in table.rules[head] for a in r.alternatives for ref in a.refs)
+
+
+def leads_to(table: RuleTable, head: str) -> set[str]:
     """Nonterminals from which ``head`` can be derived (ignoring states)."""
     users: dict[str, set[str]] = {}
     for h, rules in table.rules.items():
@@ -318,7 +324,7 @@ def _critical(probs, head, table, radius) -> float:
     The other alternatives of each rule keep their relative weights; mode distributions are
     held at the grammar's own (exact whenever, as in einspace, they don't depend on it).
     """
-    term = _terminating(table, head)
+    term = terminating(table, head)
     rules = table.rules[head]
 
     def scaled(q: float) -> dict[int, float]:

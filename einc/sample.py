@@ -297,17 +297,17 @@ def with_stop_probability(table: RuleTable, p: float) -> RuleTable:
 
     For einspace this is p(M -> C); the other alternatives keep their relative weights.
     """
-    from .pcfg import _terminating
+    from .pcfg import is_recursive, terminating
 
     if not 0 < p <= 1:
         raise EinError(f"a stop probability is in (0, 1], not {p}")
-    recursive = {h for h in table.rules if _recursive_head(table, h)}
+    recursive = {h for h in table.rules if is_recursive(table, h)}
     rules = {}
     for head, rs in table.rules.items():
         if head not in recursive:
             rules[head] = rs
             continue
-        term = _terminating(table, head)
+        term = terminating(table, head)
         new_rules = []
         for r in rs:
             t = sum(a.prob for a in r.alternatives if id(a) in term)
@@ -317,11 +317,3 @@ def with_stop_probability(table: RuleTable, p: float) -> RuleTable:
             new_rules.append(replace(r, alternatives=alts))
         rules[head] = tuple(new_rules)
     return RuleTable(table.path, table.start, table.params, rules, table.library, table.source + f"\n#p={p}")
-
-
-def _recursive_head(table: RuleTable, head: str) -> bool:
-    """Does some alternative of ``head`` lead back to ``head``?"""
-    from .pcfg import _leads_to
-
-    back = _leads_to(table, head)
-    return any(ref.name in back for r in table.rules[head] for a in r.alternatives for ref in a.refs)
