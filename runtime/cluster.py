@@ -37,11 +37,10 @@ import os
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .workers import EvaluatorError, Job, Outcome, one_line, run_job
+from .workers import EvaluatorError, Job, Outcome, SlotPool, one_line, run_job
 
 INSTALL_HINT = "einc search --ray needs Ray: pip install 'einc[ray]'"
 START_TIMEOUT = 600.0
@@ -127,7 +126,7 @@ class _Slot:
     pid: int | None = None        # the actor's process, once started
 
 
-class RayEvaluator:
+class RayEvaluator(SlotPool):
     """``workers`` long-lived Ray actors, each evaluating one job at a time.
 
     ``address``: "local" (or None) starts a Ray runtime on this machine unless one is already
@@ -212,20 +211,6 @@ class RayEvaluator:
             return
         self._queue.append((job, 0))
         self._dispatch()
-
-    def results(self) -> Iterator[Outcome]:
-        while True:
-            self._dispatch()
-            if self._done:
-                yield self._done.popleft()
-            elif self._queue or any(s.job is not None for s in self._slots):
-                self._wait()
-            else:
-                return
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue) + len(self._done) + sum(s.job is not None for s in self._slots)
 
     def close(self) -> None:
         """Kill every actor (what runs on them ends with them) and let go of Ray; idempotent."""

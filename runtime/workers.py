@@ -228,7 +228,40 @@ class _Slot:
     wall: float = 0.0
 
 
-class LocalEvaluator:
+class SlotPool:
+    """What every worker pool shares: queued jobs, slots that run one job each, finished outcomes.
+
+    A pool sets ``_queue``, ``_done`` and ``_slots`` (each slot has a ``job``, None when free) and
+    implements ``_dispatch`` (start queued jobs on free slots) and ``_wait`` (block until a slot
+    has news); ``results`` and ``pending`` are then the ``Evaluator`` protocol's.
+    """
+
+    _queue: deque[Any]
+    _done: deque[Outcome]
+    _slots: list[Any]
+
+    def _dispatch(self) -> None:
+        raise NotImplementedError
+
+    def _wait(self) -> None:
+        raise NotImplementedError
+
+    def results(self) -> Iterator[Outcome]:
+        while True:
+            self._dispatch()
+            if self._done:
+                yield self._done.popleft()
+            elif self._queue or any(s.job is not None for s in self._slots):
+                self._wait()
+            else:
+                return
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._done) + sum(s.job is not None for s in self._slots)
+
+
+class LocalEvaluator(SlotPool):
     """``workers`` persistent spawn-context processes on this machine, each job killed after ``time_limit`` s.
 
     ``threads`` caps torch/BLAS threads per worker (set it to cores // workers for CPU training).
@@ -261,20 +294,6 @@ class LocalEvaluator:
     def submit(self, job: Job) -> None:
         self._queue.append(job)
         self._dispatch()
-
-    def results(self) -> Iterator[Outcome]:
-        while True:
-            self._dispatch()
-            if self._done:
-                yield self._done.popleft()
-            elif any(s.job for s in self._slots):
-                self._wait()
-            else:
-                return
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue) + len(self._done) + sum(s.job is not None for s in self._slots)
 
     def close(self) -> None:
         self._queue.clear()
