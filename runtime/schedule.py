@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from einc.errors import EinError
@@ -72,25 +71,6 @@ def score(record: dict[str, Any]) -> float | None:
     return None if acc is None else record.get("rung", 0) + acc
 
 
-@dataclass
-class Tally:
-    """What this process did, for the summary and the progress bar."""
-
-    trained: int = 0          # trainings finished by this process
-    reused: int = 0           # duplicates journaled by this process
-    retries: int = 0          # redraws of repeated proposals, in this process
-    evaluating: float = 0.0   # seconds spent in evaluations (summed over workers)
-    first_start: float | None = None
-    last_finish: float | None = None
-    events: list[str] = field(default_factory=list)
-
-    def busy(self, workers: int) -> float | None:
-        """Sum of evaluation times over (workers x wall time of the evaluation phase)."""
-        if self.first_start is None or self.last_finish is None or self.last_finish <= self.first_start:
-            return None
-        return min(1.0, self.evaluating / (workers * (self.last_finish - self.first_start)))
-
-
 class Scheduler:
     """Keeps ``workers`` evaluations in flight until ``budget`` trainings are journaled.
 
@@ -122,7 +102,7 @@ class Scheduler:
         self.trainings = 0                            # proposals that train (finished or not)
         self.repeats = 0                              # consecutive proposals that repeated earlier ones
         self.exhausted = False
-        self.tally = Tally()
+        self.notes: list[str] = []                 # what the summary should say about this run
 
     # ------------------------------------------------------------------ the two events
 
@@ -197,7 +177,6 @@ class Scheduler:
                and (self.strategy.ready() or self._promotion() is not None)):
             record = self._propose()
             self.journal.append(record)
-            self.tally.retries += record["retries"]
             original = record.get("duplicate_of")
             if original is None:
                 self._submit(evaluator, record["index"])
@@ -207,7 +186,7 @@ class Scheduler:
                 self.waiting.setdefault(original, []).append(record["index"])
             if self.repeats >= self.max_repeats:
                 self.exhausted = True
-                self.tally.events.append(f"stopped early: the last {self.max_repeats} proposals all repeated "
+                self.notes.append(f"stopped early: the last {self.max_repeats} proposals all repeated "
                                          "architectures already evaluated (the space is exhausted)")
 
     def _submit(self, evaluator: Evaluator, index: int) -> None:
@@ -229,11 +208,6 @@ class Scheduler:
                       worker=outcome.worker)
         self.journal.append(record)
         self._observe(record)
-        t = self.tally
-        t.trained += 1
-        t.evaluating += outcome.seconds
-        t.first_start = outcome.started if t.first_start is None else min(t.first_start, outcome.started)
-        t.last_finish = outcome.finished if t.last_finish is None else max(t.last_finish, outcome.finished)
         self._emit()
         for j in self.waiting.pop(index, []):
             self._reuse(j, record)
@@ -248,7 +222,6 @@ class Scheduler:
                       started=now, finished=now, worker=None, duplicate_of=original["index"])
         self.journal.append(record)
         self._observe(record)
-        self.tally.reused += 1
         self._emit()
 
     @staticmethod

@@ -215,7 +215,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     from .report import write_outputs
 
     return write_outputs(out, config, grammar, shape, data.num_classes, journal.records(),
-                         notes=tuple(notes + scheduler.tally.events))
+                         notes=tuple(notes + scheduler.notes))
 
 
 def report_folder(out: str | Path) -> str:

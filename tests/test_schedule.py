@@ -88,8 +88,10 @@ def test_evolution_proposes_whenever_a_worker_is_free(tmp_path):
     last = max(i for i, k in enumerate(kinds) if k == "proposal")
     assert kinds[:3] == ["proposal"] * 3
     assert all(kinds[i + 1] == "proposal" for i in range(last) if kinds[i] == "eval")
-    busy = s.tally.busy(3)
-    assert busy is not None and busy > 0.9
+    trained = [r for r in records if r["kind"] == "eval" and "duplicate_of" not in r]
+    phase = max(r["finished"] for r in trained) - min(r["started"] for r in trained)
+    busy = sum(r["seconds"] for r in trained) / (3 * phase)
+    assert busy > 0.9
 
 
 def test_budget_counts_trainings_and_repeats_are_free(tmp_path):
@@ -100,7 +102,7 @@ def test_budget_counts_trainings_and_repeats_are_free(tmp_path):
     repeats = [r for r in evals if "duplicate_of" in r]
     assert [r["index"] for r in repeats][:3] == [1, 2, 3] and all(r["duplicate_of"] == 0 for r in repeats[:3])
     assert all(r["seconds"] == 0.0 and r["worker"] is None for r in repeats)
-    assert s.tally.reused == len(repeats) and s.tally.trained == 6
+    assert len(evals) - len(repeats) == 6  # six trainings, however many repeats were reused
 
 
 def test_evolution_redraws_children_that_repeat_earlier_architectures(tmp_path):
@@ -114,7 +116,7 @@ def test_evolution_redraws_children_that_repeat_earlier_architectures(tmp_path):
                   base={})
     s.run(FakeEvaluator())
     records = check_consistent(tmp_path / "j", 8)
-    assert sum(r.get("retries", 0) for r in records if r["kind"] == "proposal") == s.tally.retries > 0
+    assert sum(r.get("retries", 0) for r in records if r["kind"] == "proposal") > 0
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -158,7 +160,7 @@ def test_an_exhausted_space_stops_instead_of_looping(tmp_path):
     s.run(FakeEvaluator(2))
     evals = [r for r in Journal(tmp_path / "j").records() if r["kind"] == "eval"]
     assert s.exhausted and s.finished_trainings == 2 and len({r["arch"] for r in evals}) == 2
-    assert "exhausted" in s.tally.events[0]
+    assert "exhausted" in s.notes[0]
 
 
 def test_counts_of_repeats_match_the_journal(tmp_path):
