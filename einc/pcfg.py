@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
+from .table import Alternative, Branches, OpCall, Ref, Rule, RuleTable, merge_params
 
 Key = tuple  # (nonterminal, m, b, params)
 Out = dict  # (m, b) -> probability mass
@@ -126,17 +126,26 @@ class Solution:
 
 def solve(table: RuleTable, mode: str, weight: Callable[[Alternative], float], max_iter: int = 400,
           tol: float = 1e-12) -> Solution:
-    """Kleene iteration of the output distributions from zero (the least fixpoint)."""
+    """Kleene iteration of the output distributions from zero (the least fixpoint).
+
+    Gauss-Seidel order: each key's update is seen by the keys after it in the same sweep. The
+    system is monotone, so this still rises to the least fixpoint, in about half the sweeps.
+    """
     start: Key = (table.start.symbol, mode, 1, table.start.params)
     keys: list[Key] = [start]
     out: dict[Key, Out] = {start: {}}
     first_ref: dict[Key, Ref] = {}
+    rules: dict[Key, Rule | None] = {}
     converged = False
     for _ in range(max_iter):
-        new_out: dict[Key, Out] = {}
-        change = 0.0
-        for key in list(keys):
-            rule = table.rule_for(key[0], env_of(key))
+        change, known = 0.0, len(keys)
+        i = 0
+        while i < len(keys):  # keys met in this sweep are swept in it too
+            key = keys[i]
+            i += 1
+            if key not in rules:
+                rules[key] = table.rule_for(key[0], env_of(key))
+            rule = rules[key]
             acc: Out = {}
             if rule is not None:
                 for alt in rule.alternatives:
@@ -147,18 +156,16 @@ def solve(table: RuleTable, mode: str, weight: Callable[[Alternative], float], m
                     for mb, p in _run_body(table, alt, key, out, False, trace).items():
                         acc[mb] = acc.get(mb, 0.0) + w * p
                     for child, ref in trace.first_ref.items():
-                        if child not in out and child not in new_out:
+                        if child not in out:
                             keys.append(child)
-                            new_out[child] = {}
+                            out[child] = {}
                             first_ref[child] = ref
             if weight is _possible:
                 acc = {k: 1.0 for k, v in acc.items() if v > 0}  # booleans: can it finish so?
-            old = out.get(key, {})
+            old = out[key]
             change = max([change] + [abs(acc.get(k, 0.0) - old.get(k, 0.0)) for k in set(acc) | set(old)])
-            new_out[key] = acc
-        grew = len(new_out) > len(out)
-        out = new_out
-        if not grew and change <= tol:
+            out[key] = acc
+        if len(keys) == known and change <= tol:
             converged = True
             break
     return Solution(keys, out, first_ref, converged)
@@ -194,21 +201,8 @@ class Report:
 def analyse(table: RuleTable, mode: str) -> Report:
     sol = solve(table, mode, _probability)
     keys = [k for k in sol.keys if table.rule_for(k[0], env_of(k)) is not None]
-    index = {k: i for i, k in enumerate(keys)}
-    parts = _contributions(table, sol, keys, index)
-    probs = {id(a): a.prob for _, a, _, _, _ in parts}
-
-    def matrices(p: dict[int, float]):
-        n = len(keys)
-        e, enet, local = np.zeros((n, n)), np.zeros((n, n)), np.zeros(n)
-        for i, alt, d, net, ops in parts:
-            w = p[id(alt)]
-            e[i] += w * d
-            enet[i] += w * net
-            local[i] += w * ops
-        return e, enet, local
-
-    e, enet, local = matrices(probs)
+    parts = _Parts(table, sol, keys)
+    e, enet, local = parts.matrices(parts.probs)
     rho, rho_net = _radius(e), _radius(enet)
     expansions: dict[str, float] = {}
     exp_nt = exp_t = net_t = float("inf")
@@ -227,27 +221,48 @@ def analyse(table: RuleTable, mode: str) -> Report:
     for head in _recursive(table, keys, e):
         term = terminating(table, head)
         now = sum(a.prob for a in table.rules[head][0].alternatives if id(a) in term)
-        critical[head] = (_critical(probs, head, table, lambda p: _radius(matrices(p)[0])),
-                          _critical(probs, head, table, lambda p: _radius(matrices(p)[1])), now)
+        critical[head] = (_critical(parts, head, table, 0), _critical(parts, head, table, 1), now)
     return Report(rho, rho_net, expansions, exp_nt, exp_t, net_t, critical, mode)
 
 
-def _contributions(table, sol: Solution, keys, index):
-    """Per (key, alternative): derivation and network child-count rows and op count."""
-    parts = []
-    n = len(keys)
-    for key in keys:
-        rule = table.rule_for(key[0], env_of(key))
-        for alt in rule.alternatives:
-            trace = _Trace()
-            _run_body(table, alt, key, sol.out, True, trace)
-            d, net = np.zeros(n), np.zeros(n)
-            for child, (cd, cn) in trace.children.items():
-                if child in index:
-                    d[index[child]] += cd
-                    net[index[child]] += cn
-            parts.append((index[key], alt, d, net, len(alt.ops)))
-    return parts
+class _Parts:
+    """Per (key, alternative): derivation and network child-count rows and op count, stacked so
+    that the expectation matrices for any alternative probabilities are two matrix products
+    (the critical-probability bisections build them a hundred times per grammar)."""
+
+    def __init__(self, table: RuleTable, sol: Solution, keys: list[Key]):
+        n = len(keys)
+        index = {k: i for i, k in enumerate(keys)}
+        rows, derivations, networks, ops, alts = [], [], [], [], []
+        for key in keys:
+            rule = table.rule_for(key[0], env_of(key))
+            assert rule is not None  # keys are those with a rule
+            for alt in rule.alternatives:
+                trace = _Trace()
+                _run_body(table, alt, key, sol.out, True, trace)
+                d, net = np.zeros(n), np.zeros(n)
+                for child, (cd, cn) in trace.children.items():
+                    if child in index:
+                        d[index[child]] += cd
+                        net[index[child]] += cn
+                rows.append(index[key])
+                derivations.append(d)
+                networks.append(net)
+                ops.append(len(alt.ops))
+                alts.append(alt)
+        self.alts = alts  # an alternative has a part in each state its rule applies in
+        self.owner = np.zeros((n, len(alts)))  # key x part: 1 where the part is the key's
+        self.owner[rows, np.arange(len(alts))] = 1.0
+        shape = (len(alts), n)
+        self.derivations = np.array(derivations).reshape(shape)
+        self.networks = np.array(networks).reshape(shape)
+        self.ops = np.array(ops, dtype=float)
+        self.probs = np.array([a.prob for a in alts])
+
+    def matrices(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """E (expected derivation children), E for networks (repeats counted), expected ops per key."""
+        weighted = self.owner * probs
+        return weighted @ self.derivations, weighted @ self.networks, weighted @ self.ops
 
 
 RADIUS_TOLERANCE = 1e-9
@@ -318,37 +333,42 @@ def leads_to(table: RuleTable, head: str) -> set[str]:
     return seen
 
 
-def _critical(probs, head, table, radius) -> float:
-    """Smallest total probability of ``head``'s terminating alternatives keeping radius < 1.
+def _critical(parts: _Parts, head: str, table: RuleTable, which: int) -> float:
+    """Smallest total probability of ``head``'s terminating alternatives keeping the radius of
+    matrix ``which`` (0: derivations, 1: networks) below 1.
 
     The other alternatives of each rule keep their relative weights; mode distributions are
     held at the grammar's own (exact whenever, as in einspace, they don't depend on it).
     """
     term = terminating(table, head)
-    rules = table.rules[head]
-
-    def scaled(q: float) -> dict[int, float]:
-        p = dict(probs)
-        for r in rules:
-            t = sum(a.prob for a in r.alternatives if id(a) in term)
-            o = sum(a.prob for a in r.alternatives if id(a) not in term)
-            for a in r.alternatives:
-                if id(a) in term:
-                    p[id(a)] = q * a.prob / t if t > 0 else 0.0
-                else:
-                    p[id(a)] = (1 - q) * a.prob / o if o > 0 else 0.0
-        return p
-
     if not term:
         return float("nan")
-    if radius(scaled(0.0)) < 1:
+    # a part's probability is base + q * slope, q being the terminating alternatives' total
+    line: dict[int, tuple[float, float]] = {}
+    for r in table.rules[head]:
+        t = sum(a.prob for a in r.alternatives if id(a) in term)
+        o = sum(a.prob for a in r.alternatives if id(a) not in term)
+        for a in r.alternatives:
+            if id(a) in term:
+                line[id(a)] = (0.0, a.prob / t if t > 0 else 0.0)
+            else:
+                line[id(a)] = (a.prob / o, -a.prob / o) if o > 0 else (0.0, 0.0)
+    base, slope = parts.probs.copy(), np.zeros_like(parts.probs)
+    for j, a in enumerate(parts.alts):
+        if id(a) in line:
+            base[j], slope[j] = line[id(a)]
+
+    def radius(q: float) -> float:
+        return _radius(parts.matrices(base + q * slope)[which])
+
+    if radius(0.0) < 1:
         return 0.0
-    if radius(scaled(1.0)) >= 1:
+    if radius(1.0) >= 1:
         return float("nan")
     lo, hi = 0.0, 1.0
     for _ in range(50):
         mid = (lo + hi) / 2
-        if radius(scaled(mid)) < 1:
+        if radius(mid) < 1:
             hi = mid
         else:
             lo = mid
