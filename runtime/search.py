@@ -107,12 +107,18 @@ class Progress:
 
 
 def threads_per_worker(workers: int) -> int:
-    """CPU threads for each worker's torch, so that workers do not fight over cores."""
+    """CPU threads for each worker's torch, so that workers do not fight over cores.
+
+    ``OMP_NUM_THREADS``, when set, caps it, as it caps torch in any one process: on a shared
+    machine it keeps a search's workers from spin-waiting against its neighbours.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, cores // workers)
+    threads = max(1, cores // workers)
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(cap)) if cap.isdigit() and int(cap) > 0 else threads
 
 
 def run_search(config: SearchConfig, out: str | Path, resume: bool = False, evaluator=None,

@@ -14,6 +14,12 @@ from hypothesis import HealthCheck, settings
 
 from einc.runtime.workers import Job, Outcome
 
+# One torch thread per process, in the test processes (torch is not imported yet: it reads this
+# when it is) and in every search worker they start (einc caps workers' threads by it). pytest-xdist
+# runs one test process per core already; a second thread per process only makes OpenMP spin-wait
+# against the neighbour, which cost some real-search tests 4x on two cores (measured).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # "ci" (the default) keeps property tests to a budget that fits the suite's time;
 # HYPOTHESIS_PROFILE=dev digs four times deeper, fuzzers included (see ``examples``).
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")

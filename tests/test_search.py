@@ -166,3 +166,15 @@ def test_a_grammar_in_another_mode_than_the_data_is_named_before_any_training(tm
     with pytest.raises(EinError, match="starts in mode Col; the input 2,8,8 is Im"):
         run_search(SearchConfig(grammar=str(grammar), data="digits", budget=2), tmp_path / "o", evaluator=ev)
     assert ev.submitted == []
+
+
+def test_workers_share_the_cores_and_omp_num_threads_caps_them(monkeypatch):
+    from einc.runtime.search import threads_per_worker
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [threads_per_worker(w) for w in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert [threads_per_worker(w) for w in (1, 2, 4)] == [3, 3, 2]
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # not a count: ignored, as torch ignores it
+    assert threads_per_worker(2) == 4
