@@ -141,18 +141,3 @@ def test_inference_counts_repeated_copies():
     assert four.params == 4 * one.params
     assert four.output == one.output
 
-
-def test_parser_is_fast_enough_for_search():
-    import time
-
-    text = SEEDS["resnet18"]  # ~500 tokens
-    parse_syntax(text)
-    t = time.perf_counter()
-    for _ in range(50):
-        parse_syntax(text)
-    per = (time.perf_counter() - t) / 50
-    t = time.perf_counter()
-    for _ in range(5):
-        parse_syntax_lark(text)
-    lark = (time.perf_counter() - t) / 5
-    assert per < lark  # the hand-written fast path must be faster than the specification
