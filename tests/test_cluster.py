@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -55,7 +52,7 @@ def _records(out: Path, kind: str = "eval") -> list[dict]:
 def test_evaluator_outcomes_failures_and_worker_death(cluster):
     from einc.runtime.cluster import RayEvaluator
 
-    with RayEvaluator(workers=2, retries=1, time_limit=3) as ev:
+    with RayEvaluator(workers=2, retries=1, time_limit=2) as ev:
         assert (ev.cpus_per_eval, ev.gpus_per_eval) == (1.0, 0.0)
         while any(slot.ready is not None for slot in ev._slots):  # both actors started: one on each node
             ev._wait()
@@ -77,8 +74,8 @@ def test_evaluator_outcomes_failures_and_worker_death(cluster):
     kill = seen["kill"]  # killed by SIGKILL twice: the first try and its one retry
     assert kill.status == "failed" and kill.reason.startswith("WorkerDied: the Ray worker died")
     assert "tried 2 times" in kill.reason
-    assert seen["slow"].reason == "Timeout: time limit of 3s exceeded; worker killed"
-    assert 3 <= seen["slow"].seconds < 10
+    assert seen["slow"].reason == "Timeout: time limit of 2s exceeded; worker killed"
+    assert 2 <= seen["slow"].seconds < 10
     assert all(o.worker.startswith("ray-") and o.finished >= o.started > 0 for o in seen.values())
     deadline = time.time() + 10  # closing freed the actors' CPUs
     while ray_cpus() < 2 and time.time() < deadline:
@@ -105,10 +102,10 @@ def test_impossible_settings_are_one_line(cluster):
 
 def test_search_with_ray_workers_then_resume(cluster, tmp_path):
     out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["search", "--ray", "--workers", "2", "--budget", "6", "--out", str(out), *SEARCH])
+    r = CliRunner().invoke(main, ["search", "--ray", "--workers", "2", "--budget", "4", "--out", str(out), *SEARCH])
     assert r.exit_code == 0, r.output
     evals = _records(out)
-    assert len(evals) == 6 and all(e["status"] == "ok" for e in evals)
+    assert len(evals) == 4 and all(e["status"] == "ok" for e in evals)
     assert all(e["worker"].startswith("ray-") for e in evals)
     assert len(_records(out, "final")) == 1 and _records(out, "final")[0]["status"] == "ok"
     saved = json.loads((out / "config.json").read_text())
@@ -116,38 +113,7 @@ def test_search_with_ray_workers_then_resume(cluster, tmp_path):
     # execution settings apply on resume too; a finished search has nothing left to train
     r = CliRunner().invoke(main, ["search", "--ray", "--retries", "0", "--resume", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert len(_records(out)) == 6
-
-
-def test_a_worker_killed_mid_evaluation_is_retried(cluster, tmp_path):
-    from einc.runtime.cluster import RayEvaluator
-    from einc.runtime.search import SearchConfig, run_search
-
-    config = SearchConfig(data="digits10", strategy="rs", budget=4, workers=2, epochs=2, batch_size=64,
-                          max_params=20_000, max_flops=2_000_000, seed=1)
-    ev = RayEvaluator(workers=2, retries=1)
-    killed = []
-
-    def killer() -> None:  # SIGKILL the first actor seen 0.2 s into an evaluation
-        while not killed:
-            for slot in ev._slots:
-                if slot.job is not None and slot.pid and time.monotonic() - slot.started > 0.2:
-                    os.kill(slot.pid, signal.SIGKILL)
-                    killed.append(slot.job.key)
-                    return
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    try:
-        run_search(config, tmp_path, evaluator=ev)
-    finally:
-        ev.close()
-        killed.append("stop")
-    evals = _records(tmp_path)
-    assert killed[0] != "stop" and ev.resubmitted >= 1
-    assert sorted(e["index"] for e in evals) == list(range(4))
-    assert all(e["status"] == "ok" for e in evals)
+    assert len(_records(out)) == 4
 
 
 def test_a_plugin_grammar_travels_without_a_shared_filesystem(cluster, tmp_path):
@@ -187,6 +153,7 @@ def test_ray_settings_need_ray(tmp_path):
 
 
 def test_a_node_that_dies_mid_evaluation(cluster):  # last: the cluster keeps one node after it
+    """The job on the dead node runs again on the head and succeeds (a killed actor's job takes the same path)."""
     from einc.runtime.cluster import RayEvaluator
 
     with RayEvaluator(workers=2, retries=1) as ev:
