@@ -297,10 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = ("baseline (1 worker)", f"best ({workers} workers)")
     print(f"device: {device or 'auto'} ({gpus} GPU{'s' if gpus != 1 else ''}); baseline: workers 1, eager, fp32; "
           f"best: workers {workers}, graphs auto, amp auto" + ("; --quick" if args.quick else ""))
-    # Whatever runs first would pay for cold disk caches (torch's libraries, .pyc files): warm them
-    # in a throwaway process, as a worker would find them, before anything is timed.
-    subprocess.run([sys.executable, "-c", "import torch, einc, einc.runtime.candidate, einc.runtime.train, sklearn"],
-                   check=False)
+    if not args.quick:  # a smoke run's timings are no figures: it skips the warm-up
+        # Whatever runs first would pay for cold disk caches (torch's libraries, .pyc files): warm
+        # them in a throwaway process, as a worker would find them, before anything is timed.
+        subprocess.run([sys.executable, "-c",
+                        "import torch, einc, einc.runtime.candidate, einc.runtime.train, sklearn"], check=False)
     results = {}
     with tempfile.TemporaryDirectory(prefix="einc-bench-search-") as tmp:
         tmp = Path(tmp)
