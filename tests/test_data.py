@@ -92,6 +92,29 @@ def test_load_data_dispatches_on_the_spec(tmp_path):
 # ---------------------------------------------------------------- the embedded digits task
 
 
+def test_digits_are_read_without_importing_sklearn_and_equal_its_loader(monkeypatch):
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    import einc.runtime.data as data
+
+    code = "import sys; from einc.runtime.data import load_data; load_data('digits10'); print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert "'numpy'" in loaded and "sklearn" not in loaded
+    data._digits_base.cache_clear()
+    images, labels = data._digits_base()
+    base = load_digits()
+    assert np.array_equal(images, base.images) and np.array_equal(labels, base.target)
+    assert images.dtype == np.float32 and labels.dtype == np.int64
+    data._digits_base.cache_clear()  # where a release moves the file, sklearn's own loader reads it
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    again, again_labels = data._digits_base()
+    assert np.array_equal(again, images) and np.array_equal(again_labels, labels)
+    data._digits_base.cache_clear()
+
+
 def test_digits_task_shapes_labels_and_determinism():
     a, b, c = digits_task(0), digits_task(0), digits_task(1)
     assert a.input_shape == (2, 8, 8) and a.num_classes == 19
