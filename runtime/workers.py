@@ -226,6 +226,7 @@ class _Slot:
     job: Job | None = None
     started: float = 0.0
     wall: float = 0.0
+    used: bool = False  # this process has taken a job, so it is past ``prepare`` and reads messages
 
 
 class SlotPool:
@@ -298,7 +299,9 @@ class LocalEvaluator(SlotPool):
     def close(self) -> None:
         self._queue.clear()
         self._done.clear()
-        idle = [s for s in self._slots if s.proc is not None and s.job is None and s.conn is not None]
+        # idle workers exit cleanly; one that never took a job may still be in ``prepare`` (importing
+        # torch, a second or more) and has nothing to finish: it is killed rather than waited for
+        idle = [s for s in self._slots if s.proc is not None and s.job is None and s.conn is not None and s.used]
         for slot in idle:
             with contextlib.suppress(OSError):
                 slot.conn.send_bytes(pickle.dumps(None))  # type: ignore[union-attr]  # let it exit cleanly
@@ -332,6 +335,7 @@ class LocalEvaluator(SlotPool):
         if slot.conn is not None:
             slot.conn.close()
         slot.proc = slot.conn = slot.job = None
+        slot.used = False
 
     def _dispatch(self) -> None:
         for slot in self._slots:
@@ -350,7 +354,7 @@ class LocalEvaluator(SlotPool):
                         self._start(slot)
                     try:
                         slot.conn.send_bytes(data)  # type: ignore[union-attr]
-                        slot.job, slot.started, slot.wall = job, time.monotonic(), time.time()
+                        slot.job, slot.started, slot.wall, slot.used = job, time.monotonic(), time.time(), True
                         break
                     except OSError as e:
                         self._retire(slot)

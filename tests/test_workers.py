@@ -28,6 +28,22 @@ def test_successful_jobs_reuse_one_worker_and_return_plain_json():
     assert out["c"].result == {"acc": 0.5, "n": 3} and type(out["c"].result["acc"]) is float
 
 
+def test_close_lets_a_used_worker_exit_and_kills_one_still_preparing():
+    import functools
+
+    with LocalEvaluator(workers=1) as ev:
+        run(ev, Job("a", _jobs.pid))
+        (used,) = [slot.proc for slot in ev._slots]
+    assert used.exitcode == 0  # it read the stop message and returned
+    ev = LocalEvaluator(workers=1, prepare=functools.partial(time.sleep, 60)).start()
+    (preparing,) = [slot.proc for slot in ev._slots]
+    waits = []
+    join = preparing.join
+    preparing.join = lambda timeout=None: (waits.append(timeout), join(timeout))  # type: ignore[method-assign]
+    ev.close()  # an error before the first job (bad --data, say) is reported at once
+    assert waits == [None] and preparing.exitcode == -9  # killed, then reaped: no grace period
+
+
 def test_exception_is_a_failed_outcome_and_the_worker_is_replaced():
     with LocalEvaluator(workers=1) as ev:
         first = run(ev, Job("p", _jobs.pid))["p"].result["pid"]
