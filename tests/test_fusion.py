@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import einc
 from einc.emit import emit, load_source
-from einc.meta import STACKED
+from einc.meta import BATCHED, STACKED
 from einc.passes import (
     CPU,
     CUDA,
@@ -139,6 +139,29 @@ def test_equal_branches_are_batched_exactly(text, shape):
     assert batch_branches(gm, CPU) == 1
     assert_same_function(raw, gm, shape)
     optimize(gm, device="cpu")
+    assert_same_function(raw, gm, shape)
+    same_in_training(raw, gm, shape)
+    round_trip(raw, gm)
+    same_when_emitted(gm, shape)
+
+
+@pytest.mark.parametrize("text, shape, batched", [
+    # a concat dim that, counted from the end of the stacked value, would be the batch's: refused
+    ("sequential(branching(group-dim(dim=2, b=4), [routing(im2col(k=8, s=8, p=0), routing(permute(o=(2, 1)),"
+     " softmax, identity), permute(o=(2, 1)))]*4, concat(dim=2, b=4)), linear(d=16))", (3, 32, 32), False),
+    # a value shared by every branch of an inner block, expanded into the outer stack
+    ("branching(clone(b=4), [branching(clone(b=2), [relu, branching(clone(b=4), [branching(group-dim(dim=2, b=4),"
+     " [linear(d=16)]*4, add)]*4, concat(dim=2, b=4))], concat(dim=2, b=2))]*4, concat(dim=2, b=4))", (16, 32), True),
+    # the sum of b equal branches that do not depend on the branch: b times one
+    ("branching(clone(b=4), [sequential(softmax, branching(group-dim(dim=1, b=8), [identity]*8,"
+     " concat(dim=2, b=8)))]*4, add)", (16, 32), True),
+], ids=["negative-dim", "shared-expanded", "shared-sum"])
+def test_rarer_stackings_found_by_sampling_are_exact(text, shape, batched):
+    """Cut down from sampled networks that reached these paths of horizontal fusion only at
+    0.8 GFLOPs or 20M parameters (tests/test_sample.py's sampled check stays below)."""
+    raw = _raw(text, shape)
+    gm = optimize(copy.deepcopy(raw), device="cpu")
+    assert any(n.meta.get(BATCHED) for n in gm.graph.nodes) == batched
     assert_same_function(raw, gm, shape)
     same_in_training(raw, gm, shape)
     round_trip(raw, gm)
