@@ -89,6 +89,8 @@ def export_onnx(gm: torch.fx.GraphModule, input_shape: Sequence[int], path: str 
     if opset < 17:
         raise OnnxError(f"opset {opset}: error: einc exports opset 17 or newer")
     path = Path(path)
+    if not path.parent.is_dir():  # before the export, which takes seconds
+        raise OnnxError(f"{path}: error: cannot write: no folder {path.parent}")
     gm = _onnx_ready(gm.eval())
     x = torch.randn(2, *input_shape)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)

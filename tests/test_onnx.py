@@ -49,7 +49,7 @@ def _export_and_compare(arch, shape, tmp_path, classes=10):
     return agree
 
 
-@pytest.mark.parametrize("name", ["resnet18", "wrn16_4", "vit", "mixer"])
+@pytest.mark.parametrize("name", ["resnet18", "vit", "mixer"])  # wrn16_4: resnet18's operations
 def test_seeds_export_and_agree(name, tmp_path):
     shape = (3, 64, 64)
     _export_and_compare(G.parse((EXAMPLES / f"{name}.arch").read_text(), shape), shape, tmp_path)
