@@ -13,11 +13,12 @@ which is all a steady-state search (regularised evolution) needs::
             if budget_left():
                 ev.submit(next_job())
 
-``LocalEvaluator`` runs each job in a worker process (spawn context) that is reused across jobs
+``LocalEvaluator`` runs each job in a worker process (forked from a server that has imported
+torch once, or spawned where there is no fork server) that is reused across jobs
 and replaced after any failure, so a crash, segfault, OOM kill or runaway candidate costs one
 failed ``Outcome``, never the search. Workers die with the search: each asks the kernel for
-SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``, immediate, even while a job runs), and a
-watchdog thread checks the parent every second where that call is missing. ``InlineEvaluator``
+SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``, immediate, even while a job runs; the
+fork server exits with the search), and a watchdog thread checks the search every second. ``InlineEvaluator``
 runs jobs in-process, for tests and debuggers. A distributed backend (e.g. Ray) only has to
 implement the ``Evaluator`` protocol.
 """
@@ -164,16 +165,31 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with(parent: int) -> None:
-    """Make sure this worker does not outlive the search process ``parent``, however it ends."""
+def _die_with(search: int) -> None:
+    """Make sure this worker does not outlive the search process ``search``, however it ends.
+
+    The kernel kills the worker when its parent dies: the search itself, or the fork server the
+    search started, which exits as soon as the search is gone. A watchdog thread checks the
+    search every second where that request is missing.
+    """
     with contextlib.suppress(Exception):  # not Linux, or no libc: the watchdog alone covers it
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the search died before the request above took effect
+
+    def alive() -> bool:
+        try:
+            os.kill(search, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # exists, owned by someone else: pid reused, so the search is gone
+            return False
+        return True
+
+    if not alive():
         os._exit(1)
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while alive():
             time.sleep(1.0)
         os._exit(1)
 
@@ -262,8 +278,22 @@ class SlotPool:
         return len(self._queue) + len(self._done) + sum(s.job is not None for s in self._slots)
 
 
+# What every training worker imports: a fork server imports it once, and each worker starts as a
+# fork of it in milliseconds instead of importing torch anew (a second or more per worker, paid
+# again whenever a failed candidate's worker is replaced). Nothing here touches CUDA.
+_PRELOAD = ["torch", "einc.runtime.candidate", "einc.runtime.train"]
+
+
+def _context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
+    if "forkserver" not in mp.get_all_start_methods():  # Windows
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # read when the server starts: at the first worker's start
+    return ctx
+
+
 class LocalEvaluator(SlotPool):
-    """``workers`` persistent spawn-context processes on this machine, each job killed after ``time_limit`` s.
+    """``workers`` persistent processes on this machine, each job killed after ``time_limit`` s.
 
     ``threads`` caps torch/BLAS threads per worker (set it to cores // workers for CPU training).
     ``prepare`` (a top-level function) runs once in each worker as it starts; ``start()`` starts
@@ -280,7 +310,7 @@ class LocalEvaluator(SlotPool):
         if time_limit is not None and not time_limit > 0:
             raise EvaluatorError(f"time_limit={time_limit}; it must be a positive number of seconds")
         self.time_limit, self.threads, self.prepare = time_limit, threads, prepare
-        self._ctx = mp.get_context("spawn")
+        self._ctx = _context()
         self._slots = [_Slot(str(i)) for i in range(workers)]
         self._queue: deque[Job] = deque()
         self._done: deque[Outcome] = deque()

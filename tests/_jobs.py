@@ -17,6 +17,13 @@ def pid() -> dict:
     return {"pid": os.getpid()}
 
 
+def started_as() -> dict:
+    """How this worker process began: what it had imported before any job, and its parent."""
+    import sys
+
+    return {"torch": "torch" in sys.modules, "parent": os.getppid()}
+
+
 def numpy_result() -> dict:
     return {"acc": np.float32(0.5), "n": np.int64(3)}
 

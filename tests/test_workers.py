@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 
 import pytest
@@ -26,6 +28,18 @@ def test_successful_jobs_reuse_one_worker_and_return_plain_json():
     assert out["a"].result["y"] == 9
     assert out["a"].result["pid"] == out["b"].result["pid"]  # persistent worker
     assert out["c"].result == {"acc": 0.5, "n": 3} and type(out["c"].result["acc"]) is float
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_workers_fork_from_a_server_that_has_imported_torch_once():
+    with LocalEvaluator(workers=2) as ev:
+        out = run(ev, Job("a", _jobs.started_as), Job("b", _jobs.started_as))
+        first = run(ev, Job("boom", _jobs.boom))  # its worker is replaced by a fresh fork
+        again = run(ev, Job("c", _jobs.started_as), Job("d", _jobs.started_as))
+    assert first["boom"].status == "failed"
+    results = [o.result for o in (*out.values(), *again.values())]
+    assert all(r["torch"] for r in results)  # torch came with the fork; the jobs import nothing
+    assert len({r["parent"] for r in results}) == 1 and results[0]["parent"] != os.getpid()
 
 
 def test_close_lets_a_used_worker_exit_and_kills_one_still_preparing():
