@@ -97,6 +97,21 @@ class FakeEvaluator:
         self.closed = True
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist's --dist loadfile orders files by test count unless told not to; the order of
+    # pytest_collection_modifyitems below is the better one (a file of five real searches outlasts
+    # one of a hundred unit tests)
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first, and with them their files (pytest-xdist hands out whole
+    files), the rest in their usual order: the workers then share out the short files at the
+    end, and no long file starts last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def fake_evaluator() -> type[FakeEvaluator]:
     return FakeEvaluator

@@ -16,6 +16,8 @@ import bench_search  # noqa: E402  (found on the path set above)
 
 from einc.runtime.data import load_npz  # noqa: E402
 
+pytestmark = pytest.mark.slow  # two real searches: scheduled first (tests/conftest.py)
+
 
 def test_synthetic_cifar_is_a_valid_learnable_npz(tmp_path):
     path = bench_search.synthetic_cifar(tmp_path / "c.npz", sizes=(200, 40, 40))

@@ -21,6 +21,8 @@ from einc.runtime.workers import EvaluatorError, Job
 
 import _jobs
 
+pytestmark = pytest.mark.slow  # a Ray cluster and its actors: scheduled first (tests/conftest.py)
+
 SEARCH = ["--data", "digits10", "--strategy", "rs", "--epochs", "1", "--batch-size", "64",
           "--max-params", "20000", "--max-flops", "2000000", "--seed", "1"]
 

@@ -352,6 +352,7 @@ _EXPLICIT = {
 }
 
 
+@pytest.mark.slow  # 500 fuzzed grammar texts
 @settings(max_examples=examples(2000), deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.data_too_large])

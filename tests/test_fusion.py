@@ -334,6 +334,7 @@ def test_a_wrong_state_dict_is_refused():
 # ---------------------------------------------------------------- sampled networks
 
 
+@pytest.mark.slow  # 45 sampled networks built and compared
 @pytest.mark.parametrize("shape", [(3, 16, 16), (4, 12, 8), (8, 16)], ids=str)
 def test_sampled_networks_with_equal_branches_are_exact(shape):
     """Networks with equal branches, sampled (small budget): optimised equals unoptimised."""

@@ -21,6 +21,8 @@ from einc.cli import load_plugins, main  # noqa: E402
 from einc.onnx import OnnxError, compare, export_onnx  # noqa: E402
 from einc.sample import Budget, Sampler  # noqa: E402
 
+pytestmark = pytest.mark.slow  # seconds per export: scheduled first (tests/conftest.py)
+
 G = einc.load("einspace")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PLUGINS = Path(__file__).resolve().parent / "data" / "plugins"

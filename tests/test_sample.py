@@ -240,6 +240,7 @@ def test_hypothesis_strategy_draws_valid_architectures(arch):
     assert arch.infer((3, 16, 16)).params <= einc.testing.SMALL.max_params
 
 
+@pytest.mark.slow  # 80 sampled networks built and compared
 @pytest.mark.parametrize("shape", SHAPES)
 def test_samples_build_and_run_with_the_inferred_output_shape(shape):
     """A reduced count of the 10,000 / 2,000-sample verification (`einc sample --verify`), with the

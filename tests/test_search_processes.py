@@ -22,6 +22,8 @@ from einc.cli import main
 from einc.runtime.journal import Journal, JournalWarning
 from einc.runtime.search import SearchConfig, run_search
 
+pytestmark = pytest.mark.slow  # real searches in real processes: scheduled first (tests/conftest.py)
+
 TINY = dict(data="digits10", budget=6, epochs=1, batch_size=64, max_params=100_000, max_flops=5_000_000,
             max_activations=200_000, seed=3)
 
