@@ -333,6 +333,29 @@ def leads_to(table: RuleTable, head: str) -> set[str]:
     return seen
 
 
+def stop_line(table: RuleTable, head: str) -> dict[int, tuple[float, float]]:
+    """Each alternative of ``head`` (by id) -> (base, slope): its probability when ``head``'s
+    terminating alternatives take total ``q`` is ``base + q * slope``.
+
+    The terminating alternatives share ``q`` and the others ``1 - q``, each in proportion to its
+    own probability. A rule with no alternative of one kind keeps its probabilities (it has no
+    choice to shift). The sampler's stop probability and the critical probability both use it.
+    """
+    term = terminating(table, head)
+    line: dict[int, tuple[float, float]] = {}
+    for r in table.rules[head]:
+        t = sum(a.prob for a in r.alternatives if id(a) in term)
+        o = sum(a.prob for a in r.alternatives if id(a) not in term)
+        for a in r.alternatives:
+            if t <= 0 or o <= 0:
+                line[id(a)] = (a.prob, 0.0)
+            elif id(a) in term:
+                line[id(a)] = (0.0, a.prob / t)
+            else:
+                line[id(a)] = (a.prob / o, -a.prob / o)
+    return line
+
+
 def _critical(parts: _Parts, head: str, table: RuleTable, which: int) -> float:
     """Smallest total probability of ``head``'s terminating alternatives keeping the radius of
     matrix ``which`` (0: derivations, 1: networks) below 1.
@@ -343,16 +366,7 @@ def _critical(parts: _Parts, head: str, table: RuleTable, which: int) -> float:
     term = terminating(table, head)
     if not term:
         return float("nan")
-    # a part's probability is base + q * slope, q being the terminating alternatives' total
-    line: dict[int, tuple[float, float]] = {}
-    for r in table.rules[head]:
-        t = sum(a.prob for a in r.alternatives if id(a) in term)
-        o = sum(a.prob for a in r.alternatives if id(a) not in term)
-        for a in r.alternatives:
-            if id(a) in term:
-                line[id(a)] = (0.0, a.prob / t if t > 0 else 0.0)
-            else:
-                line[id(a)] = (a.prob / o, -a.prob / o) if o > 0 else (0.0, 0.0)
+    line = stop_line(table, head)
     base, slope = parts.probs.copy(), np.zeros_like(parts.probs)
     for j, a in enumerate(parts.alts):
         if id(a) in line:

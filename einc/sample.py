@@ -297,23 +297,16 @@ def with_stop_probability(table: RuleTable, p: float) -> RuleTable:
 
     For einspace this is p(M -> C); the other alternatives keep their relative weights.
     """
-    from .pcfg import is_recursive, terminating
+    from .pcfg import is_recursive, stop_line
 
     if not 0 < p <= 1:
         raise EinError(f"a stop probability is in (0, 1], not {p}")
-    recursive = {h for h in table.rules if is_recursive(table, h)}
     rules = {}
     for head, rs in table.rules.items():
-        if head not in recursive:
+        if not is_recursive(table, head):
             rules[head] = rs
             continue
-        term = terminating(table, head)
-        new_rules = []
-        for r in rs:
-            t = sum(a.prob for a in r.alternatives if id(a) in term)
-            o = sum(a.prob for a in r.alternatives if id(a) not in term)
-            alts = tuple(replace(a, prob=(p * a.prob / t if id(a) in term else (1 - p) * a.prob / o))
-                         if t > 0 and o > 0 else a for a in r.alternatives)
-            new_rules.append(replace(r, alternatives=alts))
-        rules[head] = tuple(new_rules)
+        line = stop_line(table, head)
+        rules[head] = tuple(replace(r, alternatives=tuple(replace(a, prob=line[id(a)][0] + p * line[id(a)][1])
+                                                          for a in r.alternatives)) for r in rs)
     return RuleTable(table.path, table.start, table.params, rules, table.library, table.source + f"\n#p={p}")
