@@ -80,6 +80,20 @@ def test_an_op_without_onnx_conversion_is_one_line_naming_it(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and '"running-max"' in r.stderr
 
 
+def test_a_failed_write_is_one_line(tmp_path, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    arch = G.parse("sequential(linear(d=16), relu)", (4, 8))
+    with pytest.raises(OnnxError) as e:
+        export_onnx(einc.build(arch, (4, 8)), (4, 8), tmp_path / "none" / "m.onnx")
+    assert str(e.value) == f"{tmp_path / 'none' / 'm.onnx'}: error: cannot write: no folder {tmp_path / 'none'}"
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", full)
+    with pytest.raises(OnnxError) as e:
+        export_onnx(einc.build(arch, (4, 8)), (4, 8), tmp_path / "m.onnx")
+    assert str(e.value) == f"{tmp_path / 'm.onnx'}: error: cannot write: No space left on device"
+
+
 def test_cli_compile_onnx_prints_the_difference(tmp_path):
     out = tmp_path / "block.onnx"
     r = CliRunner().invoke(main, ["compile", str(EXAMPLES / "resnet_block.arch"), "--input", "64,8,8",

@@ -233,6 +233,15 @@ def test_stop_probability_changes_sizes():
     assert a < b
 
 
+def test_stop_probability_moves_mass_only_where_a_rule_has_both_kinds():
+    g = einc.compile_grammar("start S(shape=(3, 8, 8))\nS -> M\n"
+                             "M(m=Im) -> sequential: M M @ 0.4 | relu @ 0.6\n"
+                             "M(m=Col) -> relu @ 0.6 | norm @ 0.4\n", "stop.ein")
+    im, col = with_stop_probability(g.table, 0.9).rules["M"]
+    assert [a.prob for a in im.alternatives] == pytest.approx([0.1, 0.9])
+    assert [a.prob for a in col.alternatives] == pytest.approx([0.6, 0.4])  # no choice to shift: as it was
+
+
 @settings(max_examples=60, deadline=None)
 @given(einc.testing.architectures(G, input_shape=(3, 16, 16)))
 def test_hypothesis_strategy_draws_valid_architectures(arch):

@@ -42,6 +42,13 @@ def test_workers_fork_from_a_server_that_has_imported_torch_once():
     assert len({r["parent"] for r in results}) == 1 and results[0]["parent"] != os.getpid()
 
 
+def test_without_a_fork_server_workers_are_spawned(monkeypatch):
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
+    with LocalEvaluator(workers=1) as ev:
+        out = run(ev, Job("a", _jobs.started_as))["a"]
+    assert out.ok and out.result == {"torch": False, "parent": os.getpid()}  # a fresh interpreter, our child
+
+
 def test_close_lets_a_used_worker_exit_and_kills_one_still_preparing():
     import functools
 
