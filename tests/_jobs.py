@@ -45,6 +45,14 @@ def hard_exit(code: int = 3) -> dict:
     os._exit(code)
 
 
+def exit_leaving_a_child(code: int = 4) -> dict:
+    """Die while a forked child (alive a few seconds) still holds this worker's end of the pipe."""
+    if os.fork() == 0:
+        time.sleep(3)
+        os._exit(0)
+    os._exit(code)
+
+
 def self_kill() -> dict:
     os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(10)

@@ -90,8 +90,9 @@ def test_time_limit_kills_the_job_and_the_evaluator_goes_on():
 def test_a_dead_worker_is_a_failed_outcome_and_the_evaluator_goes_on():
     with LocalEvaluator(workers=1) as ev:
         out = run(ev, Job("exit", _jobs.hard_exit, {"code": 3}), Job("kill", _jobs.self_kill),
-                  Job("next", _jobs.square, {"x": 5}))
+                  Job("orphan", _jobs.exit_leaving_a_child, {"code": 4}), Job("next", _jobs.square, {"x": 5}))
     assert out["exit"].status == "failed" and "exited with code 3" in out["exit"].reason
+    assert out["orphan"].status == "failed" and "exited with code 4" in out["orphan"].reason  # no wait for its child
     assert out["kill"].status == "failed" and "SIGKILL" in out["kill"].reason
     assert out["next"].ok and out["next"].result["y"] == 25
 
