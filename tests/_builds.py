@@ -15,7 +15,6 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-import pytest
 import torch
 import torch.fx as fx
 
@@ -42,20 +41,6 @@ SEEDS: dict[str, tuple[int, ...]] = {
     "attention_head": (16, 512),
     "patch_embedding": (3, 16, 16),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run torch on one thread in these modules, then restore the setting.
-
-    The tests run many small forward passes; with a second thread, a busy neighbour process on
-    a 2-core machine makes OpenMP's spin-waits cost up to 100x (measured), and one thread
-    loses little on work this small. Import it into a test module to use it.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @cache
@@ -151,20 +136,9 @@ def check_sampled(shape: tuple[int, ...], count: int, first_seed: int = 0, budge
     Each build checks its real output shape against shape inference; the two agree in float64
     on random input, outputs finite, and the state dict unpacks back exactly. Every ``every``-th
     network is also compared in train mode with gradients, and its emitted source against the
-    module. Every third network has a head. Runs torch on one thread (see ``one_thread``), then
-    restores the setting. Returns how many optimised networks hold a batched (horizontally
-    fused) block.
+    module. Every third network has a head. Returns how many optimised networks hold a batched
+    (horizontally fused) block.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _check_sampled(shape, count, first_seed, budget, equal_branches_only, every)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _check_sampled(shape: tuple[int, ...], count: int, first_seed: int, budget: Budget | None,
-                   equal_branches_only: bool, every: int) -> int:
     table = grammar().table
     sampler = Sampler(table, shape, budget) if budget is not None else Sampler(table, shape)
     mode = feature_for(shape).mode

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import sys
 import time
 import zlib
 from collections import deque
@@ -17,8 +18,11 @@ from einc.runtime.workers import Job, Outcome
 # One torch thread per process, in the test processes (torch is not imported yet: it reads this
 # when it is) and in every search worker they start (einc caps workers' threads by it). pytest-xdist
 # runs one test process per core already; a second thread per process only makes OpenMP spin-wait
-# against the neighbour, which cost some real-search tests 4x on two cores (measured).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# against the neighbour: up to 100x on many small forward passes, 4x on two real searches side by
+# side (both measured on two cores). No test changes the setting.
+os.environ["OMP_NUM_THREADS"] = "1"
+if "torch" in sys.modules:  # imported by a plugin before this file: it has read the variable already
+    sys.modules["torch"].set_num_threads(1)
 
 # "ci" (the default) keeps property tests to a budget that fits the suite's time;
 # HYPOTHESIS_PROFILE=dev digs four times deeper, fuzzers included (see ``examples``).

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from einc.cli import main
 from einc.emit import load_source
 
-from _builds import EXAMPLES, one_thread  # noqa: F401 (autouse fixture)
+from _builds import EXAMPLES
 
 BLOCK = str(EXAMPLES / "resnet_block.arch")
 

@@ -14,7 +14,7 @@ from einc.emit import emit, load_source
 from einc.errors import LoweringError
 from einc.verify import assert_same_function
 
-from _builds import SEEDS, grammar, one_thread, optimised, seed, seed_text, unoptimised  # noqa: F401 (autouse)
+from _builds import SEEDS, grammar, optimised, seed, seed_text, unoptimised
 
 ALLOWED_IMPORTS = {"torch", "torch.nn", "torch.nn.functional", "einops"}
 

@@ -31,13 +31,12 @@ from einc.passes import (
 from einc.testing import SMALL
 from einc.verify import assert_same_function
 
-from _builds import (  # noqa: F401
+from _builds import (
     SEEDS,
     check,
     check_sampled,
     fused_like,
     grammar,
-    one_thread,
     round_trip,
     same_in_training,
     same_when_emitted,

@@ -14,7 +14,7 @@ from einc.ops import BUILTIN, Op
 from einc.ops.base import single
 from einc.tree import Expansion, Leaf, walk
 
-from _builds import SEEDS, check, grammar, one_thread, seed, unoptimised  # noqa: F401 (autouse)
+from _builds import SEEDS, check, grammar, seed, unoptimised
 
 IM, COL = (4, 8, 16), (6, 8)
 

@@ -28,14 +28,6 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PLUGINS = Path(__file__).resolve().parent / "data" / "plugins"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _export_and_compare(arch, shape, tmp_path, classes=10):
     gm = einc.build(arch, shape, num_classes=classes)
     path = export_onnx(gm, shape, tmp_path / "m.onnx", arch=arch)

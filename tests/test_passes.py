@@ -15,7 +15,7 @@ import einc
 from einc.passes import CPU, PIPELINE, dead_code, fuse_convolutions, optimize, remove_permutes
 from einc.verify import assert_same_function
 
-from _builds import SEEDS, check, grammar, one_thread, optimised, seed, unoptimised  # noqa: F401 (autouse)
+from _builds import SEEDS, check, grammar, optimised, seed, unoptimised
 
 IM, COL = (4, 8, 16), (6, 8)
 

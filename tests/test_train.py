@@ -36,13 +36,9 @@ from einc.runtime.train import (
 from einc.runtime.train_step import WARMUP, TrainStep, cosine_schedule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared 2-core machine: OpenMP spin-waiting across threads costs seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def test_the_session_runs_torch_on_one_thread():
+    """tests/conftest.py's setting (tiny ops spin-wait across threads on a shared 2-core machine)."""
+    assert torch.get_num_threads() == 1
 
 
 def blobs(n: int = 120, seed: int = 0) -> Dataset:
