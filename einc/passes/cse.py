@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Hashable
-from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
 from .cost import CPU, CostModel
-from .graph import BINARY, SOFTMAX, UNARY, finish
+from .graph import BINARY, SOFTMAX, UNARY, arg_key, finish
 
 __all__ = ["dedupe"]
 
@@ -36,7 +35,7 @@ def dedupe(gm: fx.GraphModule, cost: CostModel = CPU) -> int:
                 or n.op == "call_function" and n.target in _PURE_FUNCTIONS):
             continue
         try:
-            key = (n.op, n.target, _hashable(n.args), _hashable(n.kwargs))
+            key = (n.op, n.target, arg_key(n.args), arg_key(n.kwargs))
             hash(key)
         except TypeError:
             continue
@@ -47,15 +46,3 @@ def dedupe(gm: fx.GraphModule, cost: CostModel = CPU) -> int:
             count += 1
     finish(gm)
     return count
-
-
-def _hashable(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return (type(v).__name__, tuple(_hashable(e) for e in v))
-    if isinstance(v, dict):
-        return ("dict", tuple((k, _hashable(e)) for k, e in v.items()))
-    if isinstance(v, slice):
-        return ("slice", _hashable(v.start), _hashable(v.stop), _hashable(v.step))
-    if isinstance(v, fx.Node):
-        return v
-    return (type(v).__name__, v)  # 1, 1.0 and True are different constants to torch

@@ -91,6 +91,23 @@ def pair(v: Any) -> tuple[int, int] | None:
     return None
 
 
+def arg_key(v: Any, node: Callable[[fx.Node], Any] = lambda n: n) -> Any:
+    """A hashable key for a node's argument structure, equal exactly when the arguments are;
+    each node inside is keyed by ``node`` (itself, by default).
+
+    Constants carry their type: 1, 1.0 and True are different arguments to torch.
+    """
+    if isinstance(v, fx.Node):
+        return node(v)
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__, tuple(arg_key(e, node) for e in v))
+    if isinstance(v, dict):
+        return ("dict", tuple((k, arg_key(e, node)) for k, e in v.items()))
+    if isinstance(v, slice):
+        return ("slice", arg_key(v.start, node), arg_key(v.stop, node), arg_key(v.step, node))
+    return (type(v).__name__, v)
+
+
 def shape_args(args: Sequence[Any]) -> tuple[int, ...] | None:
     """The sizes of ``x.reshape(*sizes)`` or ``x.reshape(sizes)``, if all are ints."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):

@@ -21,7 +21,7 @@ import torch.nn as nn
 from ..meta import BATCHED, BRANCH, FEATURE, INFO, PATH, STACKED
 from .batching_rules import MODULE_RULES, RULES, stack_parameter, stack_split
 from .cost import CPU, CostModel
-from .graph import call_counts, finish, shape_of
+from .graph import arg_key, call_counts, finish, shape_of
 from .provenance import record
 from .stacking import Block, Builder, Refuse, Value, shared, shift
 
@@ -199,16 +199,8 @@ def _is_split(n: fx.Node, inside: dict[fx.Node, Any]) -> bool:
 
 def _signature(n: fx.Node, pos: dict[fx.Node, int], modules: dict[str, nn.Module],
                gm: fx.GraphModule) -> Hashable:
-    def arg(a: Any) -> Any:
-        if isinstance(a, fx.Node):
-            return ("branch", pos[a]) if a in pos else ("outside", a)
-        if isinstance(a, (list, tuple)):
-            return (type(a).__name__, tuple(arg(e) for e in a))
-        if isinstance(a, dict):
-            return ("dict", tuple((k, arg(v)) for k, v in a.items()))
-        if isinstance(a, slice):
-            return ("slice", arg(a.start), arg(a.stop), arg(a.step))
-        return (type(a).__name__, a)
+    def arg(a: Any) -> Any:  # a node in the branch by its position there: equal across branches
+        return arg_key(a, lambda v: ("branch", pos[v]) if v in pos else ("outside", v))
 
     target: Any
     if n.op == "call_module":
