@@ -11,8 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .schedule import best as best_of
 from .schedule import fitness as _acc
-from .schedule import score
 
 
 def _kind(r: dict) -> str:
@@ -50,7 +50,7 @@ def summarize(config, grammar, shape, num_classes: int, records: list[dict[str, 
     evals = sorted((r for r in records if _kind(r) == "eval"), key=lambda r: r["index"])
     final = next((r for r in records if _kind(r) == "final"), None)
     ok = [r for r in evals if _acc(r) is not None]
-    best = max(ok, key=lambda r: (score(r), -r["index"])) if ok else None
+    best = best_of(ok)
     trained = [r for r in evals if "duplicate_of" not in r]
     seeds = {}
     names = config.seed_names or [f"seed {i}" for i in range(len(config.seeds))]

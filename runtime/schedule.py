@@ -71,6 +71,12 @@ def score(record: dict[str, Any]) -> float | None:
     return None if acc is None else record.get("rung", 0) + acc
 
 
+def best(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The evaluation with the highest score (the highest rung first), earliest on ties."""
+    ok = [r for r in records if r.get("kind", "eval") == "eval" and score(r) is not None]
+    return max(ok, key=lambda r: (score(r), -r["index"])) if ok else None
+
+
 class Scheduler:
     """Keeps ``workers`` evaluations in flight until ``budget`` trainings are journaled.
 

@@ -132,6 +132,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
     from .candidate import evaluate, final_test, prepare
     from .schedule import ReplayError, Scheduler, fitness
+    from .schedule import best as best_of
     from .workers import Job, LocalEvaluator
 
     out = Path(out)
@@ -180,7 +181,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
         def on_event(s: Scheduler) -> None:
             progress.done = s.finished_trainings
-            best = _best(list(s.results.values()))
+            best = best_of(list(s.results.values()))
             progress.best = fitness(best) if best else None
             if on_progress:
                 on_progress(progress)
@@ -201,7 +202,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
         scheduler.run(evaluator)
 
         final = next((r for r in records if r.get("kind") == "final"), None)
-        best = _best(scheduler.evaluations())
+        best = best_of(scheduler.evaluations())
         if final is None and best is not None:
             evaluator.submit(Job("final", final_test, dict(config.job_context(), arch=best["arch"],
                                                            train=config.train(config.final_epochs))))
@@ -241,9 +242,9 @@ def report_folder(out: str | Path) -> str:
 
 
 def _setup_grammar(config: SearchConfig):
-    from .candidate import load_grammar
+    from .candidate import _grammar
 
-    return load_grammar(config.grammar, config.plugins)
+    return _grammar(config.grammar, tuple(config.plugins))  # the one a --ray evaluator ships, compiled once
 
 
 def _setup(config: SearchConfig):
@@ -266,14 +267,6 @@ def _setup(config: SearchConfig):
     if config.strategy == "re":
         return grammar, data, RegularisedEvolution(sampler, rng, config.population, config.tournament, seeds)
     return grammar, data, RandomSearch(sampler, rng, config.strategy)
-
-
-def _best(records: list[dict]) -> dict | None:
-    """The evaluation with the highest score (the highest rung first), earliest on ties."""
-    from .schedule import score
-
-    ok = [r for r in records if r.get("kind", "eval") == "eval" and score(r) is not None]
-    return max(ok, key=lambda r: (score(r), -r["index"])) if ok else None
 
 
 def _seed_tree(grammar, text: str, name: str, shape):

@@ -179,9 +179,7 @@ def _die_with(search: int) -> None:
     def alive() -> bool:
         try:
             os.kill(search, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:  # exists, owned by someone else: pid reused, so the search is gone
+        except OSError:  # no such process, or one of someone else's: the pid was reused
             return False
         return True
 
