@@ -152,12 +152,9 @@ def permutation(n: fx.Node) -> tuple[int, ...] | None:
 
 def rank(n: fx.Node) -> int | None:
     """Rank of the tensor ``n`` holds (batch included), where the graph tells it for sure."""
-    f = n.meta.get(FEATURE)
-    if f is not None:
-        return len(f.shape) + 1
-    stacked = n.meta.get(STACKED)
-    if stacked is not None:
-        return len(stacked[1]) + 2
+    shape = shape_of(n)
+    if shape is not None:
+        return len(shape) + 1
     if n.op == "call_function" and n.target is F.unfold:
         return 3
     p = permutation(n)

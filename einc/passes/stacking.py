@@ -100,7 +100,6 @@ class Builder:
         self.modules = dict(gm.named_modules())
         self.lifted: dict[fx.Node, fx.Node] = {}
         self.created: list[fx.Node] = []
-        self.dropped: set[fx.Node] = set()
         self.todo = _Pending()
 
     # -- nodes
@@ -157,9 +156,8 @@ class Builder:
     def drop_unused(self) -> None:
         """Erase the nodes made but bypassed (a flatten undoing an unflatten)."""
         for n in reversed(self.created):
-            if not n.users and n not in self.dropped:
+            if not n.users:
                 self.graph.erase_node(n)
-                self.dropped.add(n)
 
     # -- weights
 
