@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import EinError, ShapeError
-from .notation import show
+from .notation import flattens, show
 from .ops import Feature, Features, Library, NotApplicable, feature_for
 from .tree import Expansion, Fork, Leaf, Node
 
@@ -129,8 +129,7 @@ def _flat_children(node: Expansion) -> list[Node]:
     while True:
         kids = node.children
         last = kids[-1]
-        if (len(kids) == 2 and isinstance(last, Expansion) and last.label == node.label and node.label
-                and len(last.children) == 2 and isinstance(kids[0], Expansion) and kids[0].head == last.head):
+        if isinstance(last, Expansion) and flattens(node, last):
             out.append(kids[0])
             node = last
             continue

@@ -297,14 +297,9 @@ def _load(path: Path, sources: _Sources, chain: frozenset[str], names: tuple[str
         diags.append(sources.diag(at, "include", f'"{path}" is not a .ein file; include reads grammars only'))
         return None
     try:
-        if path.exists() and not path.is_file():  # a directory, a device or pipe that may never end
-            raise OSError(0, "a directory" if path.is_dir() else "not a regular file")
-        return path.read_text(encoding="utf-8")
+        return read_grammar(path)
     except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL in the path
-        reason = (e.strerror if isinstance(e, OSError) and e.strerror else
-                  str(e) if type(e) is ValueError else
-                  "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else type(e).__name__)
-        diags.append(sources.diag(at, "include", f'cannot read "{path}": {reason}'))
+        diags.append(sources.diag(at, "include", f'cannot read "{path}": {read_problem(e)}'))
         return None
 
 

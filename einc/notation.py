@@ -250,14 +250,15 @@ def show(tree: Node) -> str:
             kids = node.children
             for i, c in enumerate(kids):
                 last = i == len(kids) - 1
-                parts += [", "] * bool(i) + [(c, node.label if last and _flattens(node, c) else None)]
+                parts += [", "] * bool(i) + [(c, node.label if last and flattens(node, c) else None)]
             if flat_label is None:
                 parts.append(")")
         todo.extend(reversed(parts))
     return "".join(out)
 
 
-def _flattens(parent: Expansion, child: Node) -> bool:
+def flattens(parent: Expansion, child: Node) -> bool:
+    """Whether ``child`` prints inside ``parent``'s brackets: a chain of one label, as in sequential(a, b, c)."""
     return (len(parent.children) == 2 and isinstance(child, Expansion) and child.label == parent.label
             and parent.label is not None and len(child.children) == 2
             and isinstance(parent.children[0], Expansion) and parent.children[0].head == child.head)
