@@ -591,7 +591,7 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
 
     from einc.runtime.journal import Journal
 
-    from .ein import grammar_path
+    from .ein import grammar_path, read_grammar, read_problem
     from .fit import FitError, fit_grammar, parse_either
     from .notation import show
 
@@ -604,10 +604,9 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
         grammar = _search_grammar(path.parent / "config.json")
     gpath = grammar_path(grammar)
     try:
-        text = gpath.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        _fail(f"{grammar}:1:1: error: cannot read the grammar: {getattr(e, 'strerror', None) or type(e).__name__}"
-              " (give --grammar)")
+        text = read_grammar(gpath)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        _fail(f"{grammar}:1:1: error: cannot read the grammar: {read_problem(e)} (give --grammar)")
     from . import compile_grammar
 
     library = load_plugins(plugins or _search_plugins(path.parent / "config.json"))
@@ -618,7 +617,6 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
     for w in caught:
         click.echo(str(w.message), err=True)
     best: dict[str, tuple[float, int, dict]] = {}
-    evaluated = 0
     for n, r in enumerate(records):
         if r.get("kind", "eval") != "eval" or r.get("status") != "ok":
             continue
@@ -628,7 +626,6 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
         if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) \
                 or not isinstance(arch, str):
             continue
-        evaluated += 1
         index = r.get("index", n)
         # a multi-fidelity search's score: any longer training (higher rung) outranks a shorter one
         score = float(acc) + (r.get("rung") if isinstance(r.get("rung"), int) else 0)

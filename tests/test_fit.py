@@ -258,6 +258,7 @@ def test_cli_takes_the_grammar_from_config(tmp_path):
     ("strength0", 2, "--strength"),
     ("no-output", 2, "-o"),
     ("bad-config", 1, "config.json"),
+    ("device-grammar", 1, "not a regular file"),  # -g /dev/zero used to read forever
 ])
 def test_cli_bad_input_is_one_located_line(tmp_path, case, code, needle):
     run = tmp_path / "run"
@@ -282,6 +283,8 @@ def test_cli_bad_input_is_one_located_line(tmp_path, case, code, needle):
         args += ["--strength", "0"]
     if case == "no-output":
         args = []
+    if case == "device-grammar":
+        args += ["-g", "/dev/zero"]
     r = _run("fit", str(run), *args)
     assert r.returncode == code, (r.stdout, r.stderr)
     assert needle in r.stderr
