@@ -1,4 +1,4 @@
-"""Top-level job functions for test_evaluate: spawn workers import this module by name to unpickle them."""
+"""Top-level job functions for test_workers and test_cluster: workers import this module by name to unpickle them."""
 
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from einc.runtime.journal import Journal
 from einc.runtime.workers import Job, Outcome
 
 # One torch thread per process, in the test processes (torch is not imported yet: it reads this
@@ -35,6 +37,16 @@ settings.load_profile(PROFILE)
 def examples(dev: int) -> int:
     """A test's example count: ``dev`` under the dev profile, a quarter of it in CI."""
     return dev if PROFILE == "dev" else max(10, dev // 4)
+
+
+# Small networks, one epoch, the 10-class digits: a few seconds per real search.
+TINY = dict(data="digits10", budget=6, epochs=1, batch_size=64, max_params=100_000, max_flops=5_000_000,
+            max_activations=200_000, seed=3)
+
+
+def evals(out: Path) -> list[dict]:
+    """The evaluation records of the search journaled in folder ``out``."""
+    return [r for r in Journal(out / "journal.jsonl").records() if r["kind"] == "eval"]
 
 
 def fake_accuracy(arch: str) -> float:

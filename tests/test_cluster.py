@@ -37,9 +37,8 @@ def cluster():
         c.add_node(num_cpus=1)
         ray.init(address=c.address, log_to_driver=False, logging_level=logging.WARNING)
         c.wait_for_nodes()
-        # tests/ is not on the workers' path: ship these job functions by value
+        # tests/ is not on the workers' path: ship the job functions by value
         ray.cloudpickle.register_pickle_by_value(_jobs)
-        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
         yield c
     finally:
         ray.shutdown()

@@ -1,7 +1,7 @@
 """Searches on the embedded digits task: outputs, kill-and-resume, repeats, bad input.
 
-Logic runs on the fake evaluator of conftest.py; two searches train for real (outputs end to end,
-and SIGKILL of the search process with everything it started).
+Logic runs on the fake evaluator of conftest.py; one search trains for real (outputs end to end).
+Searches in real processes (SIGKILL, Ctrl-C) are tests/test_search_processes.py's.
 """
 
 from __future__ import annotations
@@ -18,18 +18,9 @@ from einc.errors import EinError
 from einc.runtime.journal import Journal
 from einc.runtime.search import SearchConfig, SearchError, run_search
 
-from conftest import FakeEvaluator
+from conftest import TINY, FakeEvaluator, evals
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# Small networks, one epoch, the 10-class digits: a few seconds per search.
-TINY = dict(data="digits10", budget=6, epochs=1, batch_size=64, max_params=100_000, max_flops=5_000_000,
-            max_activations=200_000, seed=3)
-
-
-def evals(out: Path) -> list[dict]:
-    return [r for r in Journal(out / "journal.jsonl").records() if r["kind"] == "eval"]
-
 
 def test_random_search_end_to_end_leaves_every_output(tmp_path):
     summary = run_search(SearchConfig(strategy="rs", **TINY), tmp_path)

@@ -22,15 +22,9 @@ from einc.cli import main
 from einc.runtime.journal import Journal, JournalWarning
 from einc.runtime.search import SearchConfig, run_search
 
+from conftest import TINY, evals
+
 pytestmark = pytest.mark.slow  # real searches in real processes: scheduled first (tests/conftest.py)
-
-TINY = dict(data="digits10", budget=6, epochs=1, batch_size=64, max_params=100_000, max_flops=5_000_000,
-            max_activations=200_000, seed=3)
-
-
-def evals(out: Path) -> list[dict]:
-    return [r for r in Journal(out / "journal.jsonl").records() if r["kind"] == "eval"]
-
 
 def _group_alive(pgid: int) -> list[int]:
     """Pids of the live (not zombie) processes in process group ``pgid``."""
