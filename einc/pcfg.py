@@ -180,8 +180,14 @@ def _probability(alt: Alternative) -> float:
 
 
 def reachability(table: RuleTable, mode: str) -> Solution:
-    """Which (nonterminal, state) pairs can occur, and which can finish (positive mass)."""
-    return solve(table, mode, _possible, max_iter=10_000, tol=0.0)
+    """Which (nonterminal, state) pairs can occur, and which can finish (positive mass).
+
+    Kept in ``table.cache``: three checks ask for each mode's.
+    """
+    key = ("reachability", mode)
+    if key not in table.cache:
+        table.cache[key] = solve(table, mode, _possible, max_iter=10_000, tol=0.0)
+    return table.cache[key]
 
 
 @dataclass(frozen=True)
