@@ -141,12 +141,9 @@ class RayEvaluator(SlotPool):
     def __init__(self, workers: int = 1, *, address: str | None = "local", gpus_per_eval: float | None = None,
                  cpus_per_eval: float | None = None, retries: int = 1, time_limit: float | None = None,
                  init_kwargs: dict[str, Any] | None = None):
-        if workers < 1:
-            raise EvaluatorError(f"workers={workers}; at least one worker is needed")
+        self._check(workers, time_limit)
         if retries < 0:
             raise EvaluatorError(f"retries={retries}; it must be 0 or more")
-        if time_limit is not None and not time_limit > 0:
-            raise EvaluatorError(f"time_limit={time_limit}; it must be a positive number of seconds")
         if gpus_per_eval is not None and (gpus_per_eval < 0 or (gpus_per_eval > 1 and gpus_per_eval % 1)):
             raise EvaluatorError(f"gpus per evaluation {gpus_per_eval:g}: a fraction of one GPU or a whole number")
         ray = self._ray = import_ray()
@@ -227,12 +224,6 @@ class RayEvaluator(SlotPool):
             self._kill(slot)
         self._shared.clear()
         self._disconnect()
-
-    def __enter__(self) -> RayEvaluator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ internals
 
@@ -358,10 +349,8 @@ class RayEvaluator(SlotPool):
 
     def _finish(self, slot: _Slot, now: float, status: str, result: dict[str, Any] | None, reason: str | None,
                 detail: str | None) -> None:
-        assert slot.job is not None
-        self._done.append(Outcome(slot.job.key, status, result, reason, now - slot.started, detail, slot.wall,
-                                  slot.wall + (now - slot.started), slot.name))
-        slot.job = slot.ref = None
+        super()._finish(slot, now, status, result, reason, detail)
+        slot.ref = None
 
     def _fail_queue(self, reason: str) -> None:
         now = time.time()

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from einc.errors import EinError
 
@@ -246,14 +246,39 @@ class _Slot:
 class SlotPool:
     """What every worker pool shares: queued jobs, slots that run one job each, finished outcomes.
 
-    A pool sets ``_queue``, ``_done`` and ``_slots`` (each slot has a ``job``, None when free) and
-    implements ``_dispatch`` (start queued jobs on free slots) and ``_wait`` (block until a slot
-    has news); ``results`` and ``pending`` are then the ``Evaluator`` protocol's.
+    A pool sets ``_queue``, ``_done`` and ``_slots`` (each slot has a ``job``, None when free, and
+    the ``name``, ``started`` and ``wall`` of its run) and implements ``_dispatch`` (start queued
+    jobs on free slots), ``_wait`` (block until a slot has news) and ``close``; ``results``,
+    ``pending`` and ``with`` are then the ``Evaluator`` protocol's, and ``_finish`` records an outcome.
     """
 
     _queue: deque[Any]
     _done: deque[Outcome]
     _slots: list[Any]
+
+    @staticmethod
+    def _check(workers: int, time_limit: float | None) -> None:
+        if workers < 1:
+            raise EvaluatorError(f"workers={workers}; at least one worker is needed")
+        if time_limit is not None and not time_limit > 0:
+            raise EvaluatorError(f"time_limit={time_limit}; it must be a positive number of seconds")
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _finish(self, slot: Any, now: float, status: str, result: dict[str, Any] | None, reason: str | None,
+                detail: str | None) -> None:
+        """``slot``'s job ended at monotonic time ``now``: its outcome, and the slot is free."""
+        assert slot.job is not None
+        self._done.append(Outcome(slot.job.key, status, result, reason, now - slot.started, detail, slot.wall,
+                                  slot.wall + (now - slot.started), slot.name))
+        slot.job = None
 
     def _dispatch(self) -> None:
         raise NotImplementedError
@@ -303,10 +328,7 @@ class LocalEvaluator(SlotPool):
 
     def __init__(self, workers: int = 1, time_limit: float | None = None, threads: int | None = None,
                  prepare: Callable[[], Any] | None = None):
-        if workers < 1:
-            raise EvaluatorError(f"workers={workers}; at least one worker is needed")
-        if time_limit is not None and not time_limit > 0:
-            raise EvaluatorError(f"time_limit={time_limit}; it must be a positive number of seconds")
+        self._check(workers, time_limit)
         self.time_limit, self.threads, self.prepare = time_limit, threads, prepare
         self._ctx = _context()
         self._slots = [_Slot(str(i)) for i in range(workers)]
@@ -337,12 +359,6 @@ class LocalEvaluator(SlotPool):
             if slot in idle:
                 slot.proc.join(timeout=1.0)  # type: ignore[union-attr]
             self._retire(slot)  # kills whatever is still running
-
-    def __enter__(self) -> LocalEvaluator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ internals
 
@@ -423,13 +439,6 @@ class LocalEvaluator(SlotPool):
         self._finish(slot, now, status, result, reason, detail)
         if status != "ok":
             self._retire(slot)  # the worker exits after a failure; replace it on the next dispatch
-
-    def _finish(self, slot: _Slot, now: float, status: str, result: dict[str, Any] | None, reason: str | None,
-                detail: str | None) -> None:
-        assert slot.job is not None
-        self._done.append(Outcome(slot.job.key, status, result, reason, now - slot.started, detail, slot.wall,
-                                  slot.wall + (now - slot.started), slot.name))
-        slot.job = None
 
 
 def _death(exitcode: int | None) -> str:
