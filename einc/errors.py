@@ -70,6 +70,13 @@ class Diagnostic:
         return text
 
 
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message``, at most 500 characters: an exception in a journal or a note."""
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
 def show_char(c: str) -> str:
     """A character for a message: quoted when visible, else its code point (a NUL, a BOM)."""
     return f'"{c}"' if c.isprintable() and not c.isspace() else f"U+{ord(c):04X}"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from einc.errors import EinError
+from einc.errors import EinError, one_line
 
 SPLITS = ("train", "valid", "test")
 KEYS = tuple(f"{s}_{a}" for s in SPLITS for a in ("x", "y"))
@@ -139,7 +139,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: error: cannot read as a .npy array ({_one_line(e)})") from None
+        raise DataError(f"{path}: error: cannot read as a .npy array ({one_line(e)})") from None
 
 
 def load_unseen_nas(directory: str | Path, num_classes: int | None = None, normalise: bool = True) -> Dataset:
@@ -171,9 +171,9 @@ def load_npz(path: str | Path, num_classes: int | None = None, normalise: bool =
                 try:
                     arrays[k] = z[k]
                 except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-                    raise DataError(f'{p}: error: key "{k}" cannot be read ({_one_line(e)})') from None
+                    raise DataError(f'{p}: error: key "{k}" cannot be read ({one_line(e)})') from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{p}: error: cannot read as a .npz archive ({_one_line(e)})") from None
+        raise DataError(f"{p}: error: cannot read as a .npz archive ({one_line(e)})") from None
     return _finish(p.stem, arrays, {k: f'{p}: "{k}"' for k in KEYS}, num_classes, normalise)
 
 
@@ -288,8 +288,3 @@ def load_data(spec: str, seed: int = 0, normalise: bool = True) -> Dataset:
 def load_data_cached(spec: str, seed: int = 0, normalise: bool = True) -> Dataset:
     """``load_data`` memoised per process, for persistent evaluation workers; treat arrays as read-only."""
     return load_data(spec, seed, normalise)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

@@ -44,7 +44,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol, Self
 
-from einc.errors import EinError
+from einc.errors import EinError, one_line
 
 from .journal import json_default
 
@@ -120,12 +120,6 @@ def run_job(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[str, dict[s
         return "ok", result, None, None
     except (Exception, SystemExit) as e:
         return "failed", None, one_line(e), traceback.format_exc()
-
-
-def one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
 
 
 class InlineEvaluator:
