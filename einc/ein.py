@@ -683,9 +683,10 @@ def compile_ein(text: str, path: str = "<string>", library: Library = BUILTIN) -
 
 @lru_cache(maxsize=32)
 def _compile_cached(text: str, path: str, library: Library) -> RuleTable:
-    table, diags, _ = analyse(text, path, library)
+    table, diags, report = analyse(text, path, library)
     if table is None or any(d.severity == "error" for d in diags):
         raise EinCheckError([d for d in diags if d.severity == "error"])
+    table.cache["report"] = report  # the start mode's PCFG numbers (einc fit reads its rho)
     table.cache["includes"] = {f: _stamp(f) for f in table.cache.get("files", ()) if f != path}
     return table
 

@@ -35,7 +35,7 @@ from decimal import Decimal
 from .derivation import parse
 from .errors import ArchError, EinError
 from .ops import BUILTIN, Library, show_value
-from .pcfg import analyse, finite_effect
+from .pcfg import finite_effect, radius
 from .table import Alternative, Branches, OpCall, Ref, Rule, RuleTable, merge_params
 from .tree import Expansion, Fork, Leaf
 
@@ -189,7 +189,8 @@ def with_probabilities(table: RuleTable, probs: dict[RuleId, list[float]]) -> Ru
 def spectral_radius(table: RuleTable) -> float:
     mode = table.start.mode
     assert mode is not None  # a start without a mode is a bad-start error: no such grammar compiles
-    return analyse(table, mode).rho
+    report = table.cache.get("report")  # a compiled grammar's, from its consistency check
+    return report.rho if report is not None else radius(table, mode)
 
 
 def mix(a: dict, b: dict, t: float) -> dict:

@@ -204,10 +204,20 @@ class Report:
     start_mode: str
 
 
-def analyse(table: RuleTable, mode: str) -> Report:
+def radius(table: RuleTable, mode: str) -> float:
+    """The spectral radius alone: ``analyse(table, mode).rho`` without sizes or critical probabilities."""
+    _, parts = _expectations(table, mode)
+    return _radius(parts.matrices(parts.probs)[0])
+
+
+def _expectations(table: RuleTable, mode: str) -> tuple[list[Key], _Parts]:
     sol = solve(table, mode, _probability)
     keys = [k for k in sol.keys if table.rule_for(k[0], env_of(k)) is not None]
-    parts = _Parts(table, sol, keys)
+    return keys, _Parts(table, sol, keys)
+
+
+def analyse(table: RuleTable, mode: str) -> Report:
+    keys, parts = _expectations(table, mode)
     e, enet, local = parts.matrices(parts.probs)
     rho, rho_net = _radius(e), _radius(enet)
     expansions: dict[str, float] = {}

@@ -16,7 +16,7 @@ import pytest
 from einc.ein import analyse as analyse_text
 from einc.ein import compile_ein
 from einc.ops import feature_for, mode_of
-from einc.pcfg import analyse
+from einc.pcfg import analyse, radius
 from einc.table import Branches, OpCall, Ref, RuleTable
 
 EINSPACE = Path(__file__).resolve().parent.parent / "grammar" / "einspace.ein"
@@ -59,6 +59,14 @@ def einspace():
 def test_einspace_spectral_radius(einspace) -> None:
     _, report = einspace
     assert report.rho == pytest.approx(13 * 0.68 / 9, abs=1e-6)
+
+
+def test_the_radius_alone_is_analyses_rho_and_a_compiled_grammar_keeps_its_report() -> None:
+    for path in [*sorted((Path(__file__).parent / "data" / "ein" / "good").glob("*.ein")), EINSPACE]:
+        table = compile_ein(path.read_text(encoding="utf-8"), str(path))
+        mode = table.start.mode
+        assert radius(table, mode) == pytest.approx(analyse(table, mode).rho, abs=1e-12), path
+        assert table.cache["report"].rho == pytest.approx(analyse(table, mode).rho, abs=1e-12), path
 
 
 def test_einspace_critical_probabilities(einspace) -> None:
