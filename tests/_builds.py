@@ -57,6 +57,11 @@ def seed(name: str) -> einc.Architecture:
     return grammar().parse(seed_text(name), SEEDS[name])
 
 
+def lowered(text: str, shape: tuple[int, ...]) -> fx.GraphModule:
+    """``text`` (einspace) lowered without passes."""
+    return einc.build(grammar().parse(text, shape), shape, optimize=False)
+
+
 @cache
 def unoptimised(name: str) -> fx.GraphModule:
     """The seed lowered without passes (shared: never mutate it)."""

@@ -36,7 +36,7 @@ from _builds import (
     check,
     check_sampled,
     fused_like,
-    grammar,
+    lowered,
     round_trip,
     same_in_training,
     same_when_emitted,
@@ -46,10 +46,6 @@ from _builds import (
 
 IM, COL = (4, 8, 16), (6, 8)
 FOUR = ["resnet18", "wrn16_4", "vit", "mixer"]
-
-
-def _raw(text: str, shape: tuple[int, ...]) -> fx.GraphModule:
-    return einc.build(grammar().parse(text, shape), shape, optimize=False)
 
 
 def _local(raw: fx.GraphModule) -> fx.GraphModule:
@@ -133,7 +129,7 @@ def test_mixer_residual_sum_keeps_the_contiguous_layout():
      " routing(identity, linear(d=16), permute(o=(2, 1)))], matmul(scaled=true))]*4, add)", COL),
 ], ids=range(12))
 def test_equal_branches_are_batched_exactly(text, shape):
-    raw = _raw(text, shape)
+    raw = lowered(text, shape)
     gm = _local(raw)
     assert batch_branches(gm, CPU) == 1
     assert_same_function(raw, gm, shape)
@@ -158,7 +154,7 @@ def test_equal_branches_are_batched_exactly(text, shape):
 def test_rarer_stackings_found_by_sampling_are_exact(text, shape, batched):
     """Cut down from sampled networks that reached these paths of horizontal fusion only at
     0.8 GFLOPs or 20M parameters (tests/test_sample.py's sampled check stays below)."""
-    raw = _raw(text, shape)
+    raw = lowered(text, shape)
     gm = optimize(copy.deepcopy(raw), device="cpu")
     assert any(n.meta.get(BATCHED) for n in gm.graph.nodes) == batched
     assert_same_function(raw, gm, shape)
@@ -183,7 +179,7 @@ def _grouped(b: int, d: int, dim: int = 1) -> str:
     (_grouped(2, 32), (64, 32, 32)),
 ], ids=range(5))
 def test_other_blocks_are_left_alone(text, shape):
-    raw = _raw(text, shape)
+    raw = lowered(text, shape)
     gm = _local(raw)
     assert batch_branches(gm, CPU) == 0
     assert_same_function(raw, gm, shape)
@@ -193,7 +189,7 @@ def test_other_blocks_are_left_alone(text, shape):
 def test_convolutions_of_split_pieces_become_one_grouped_convolution(b, dim):
     """group-dim(b) -> [conv]*b -> concat (the ConvMixer-style block): one Conv2d(groups=b)."""
     shape = (16, 8, 8)
-    raw = _raw(_grouped(b, 16, dim), shape)
+    raw = lowered(_grouped(b, 16, dim), shape)
     gm = optimize(copy.deepcopy(raw), device="cpu")
     (conv,) = [m for m in gm.modules() if isinstance(m, nn.Conv2d)]
     assert conv.groups == b and (conv.in_channels, conv.out_channels) == (16 if dim == 1 else 16 * b, 16 * b)
@@ -208,7 +204,7 @@ def test_convolutions_of_split_pieces_become_one_grouped_convolution(b, dim):
 
 
 def test_the_cost_model_chooses_per_device():
-    raw = _raw(_grouped(2, 32), (64, 32, 32))
+    raw = lowered(_grouped(2, 32), (64, 32, 32))
     shape = (64, 32, 32)
     assert batch_branches(_local(raw), CPU) == 0  # one grouped convolution would be slower
     gm = optimize(copy.deepcopy(raw), cost=CUDA)
@@ -220,7 +216,7 @@ def test_the_cost_model_chooses_per_device():
 
 
 def test_a_weight_used_twice_is_not_stacked():
-    raw = _raw("branching(clone(b=2), [linear(d=16), linear(d=16)], add)", COL)
+    raw = lowered("branching(clone(b=2), [linear(d=16), linear(d=16)], add)", COL)
     gm = copy.deepcopy(raw)
     second = [n for n in gm.graph.nodes if n.op == "call_module"][1]
     second.target = "linear_0"  # both branches now call one module
@@ -230,7 +226,7 @@ def test_a_weight_used_twice_is_not_stacked():
 
 def test_batched_block_names_follow_the_first_branch():
     text = "branching(clone(b=4), [sequential(linear(d=16), norm, linear(d=32))]*4, concat(dim=2, b=4))"
-    raw = _raw(text, COL)
+    raw = lowered(text, COL)
     gm = optimize(copy.deepcopy(raw), device="cpu")
     assert gm.linear_0.weight.shape == (64, 8)  # four Linear(8, 16) side by side
     assert gm.norm_0_weight.shape == (4, 1, 16) and gm.linear_1_weight.shape == (4, 32, 16)
@@ -253,7 +249,7 @@ def test_unscaled_attention_uses_scale_one():
     text = ("branching(clone(b=2), [sequential(branching(clone(b=2), [linear(d=16),"
             " routing(identity, linear(d=16), permute(o=(2, 1)))], matmul(scaled=false)), softmax),"
             " linear(d=16)], matmul(scaled=false))")
-    raw = _raw(text, COL)
+    raw = lowered(text, COL)
     gm = optimize(copy.deepcopy(raw), device="cpu")
     (sdpa,) = [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention]
     assert sdpa.kwargs["scale"] == 1.0
@@ -271,7 +267,7 @@ _QK = ("branching(clone(b=2), [linear(d=16), routing(identity, linear(d=16), per
 ], ids=["relu", "reused", "queries"])
 def test_what_is_not_attention_stays(middle):
     text = f"branching(clone(b=2), [sequential({_QK}, {middle}), linear(d=16)], matmul(scaled=false))"
-    raw = _raw(text, COL)
+    raw = lowered(text, COL)
     gm = _local(raw)
     assert fuse_attention(gm, CPU) == 0
     assert_same_function(raw, gm, COL)
@@ -291,7 +287,7 @@ def test_softmax_over_another_dim_is_not_attention():
 
 def test_linears_on_one_input_merge_and_split():
     text = "branching(clone(b=2), [linear(d=16), sequential(linear(d=32), relu)], concat(dim=2, b=2))"
-    raw = _raw(text, COL)
+    raw = lowered(text, COL)
     gm = _local(raw)
     assert merge_linears(gm, CPU) == 1
     assert (gm.linear_0.in_features, gm.linear_0.out_features) == (8, 48)
@@ -300,7 +296,7 @@ def test_linears_on_one_input_merge_and_split():
 
 
 def test_dedupe_computes_a_repeated_op_once():
-    raw = _raw("branching(clone(b=2), [softmax, softmax], matmul(scaled=false))", (6, 6))
+    raw = lowered("branching(clone(b=2), [softmax, softmax], matmul(scaled=false))", (6, 6))
     gm = copy.deepcopy(raw)
     assert dedupe(gm, CPU) == 1 and _calls(gm, torch.softmax) == 1
     assert_same_function(raw, gm, (6, 6))

@@ -11,17 +11,12 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-import einc
 from einc.passes import CPU, PIPELINE, dead_code, fuse_convolutions, optimize, remove_permutes
 from einc.verify import assert_same_function
 
-from _builds import SEEDS, check, grammar, optimised, seed, unoptimised
+from _builds import SEEDS, check, lowered, optimised, seed, unoptimised
 
 IM, COL = (4, 8, 16), (6, 8)
-
-
-def _raw(text: str, shape: tuple[int, ...]) -> fx.GraphModule:
-    return einc.build(grammar().parse(text, shape), shape, optimize=False)
 
 
 def _targets(gm: fx.GraphModule) -> list:
@@ -71,7 +66,7 @@ def test_conv_weights_are_the_linear_weights():
     "routing(im2col(k=3, s=2, p=1), branching(clone(b=2), [linear(d=16), linear(d=16)], add), col2im)",
 ])
 def test_no_fusion_where_the_chain_is_not_a_convolution(text):
-    raw = _raw(text, IM)
+    raw = lowered(text, IM)
     gm = copy.deepcopy(raw)
     assert fuse_convolutions(gm) == 0
     optimize(gm, device="cpu")
@@ -85,7 +80,7 @@ def test_every_im2col_variant_fuses(k, s, p, shape):
     if shape[1] + 2 * p < k or shape[2] + 2 * p < k:
         pytest.skip("kernel larger than the input")
     text = f"sequential(routing(im2col(k={k}, s={s}, p={p}), linear(d=16), col2im), relu)"
-    raw = _raw(text, shape)
+    raw = lowered(text, shape)
     gm = optimize(copy.deepcopy(raw), device="cpu")
     assert sum(isinstance(m, nn.Conv2d) for m in gm.modules()) == 1
     assert_same_function(raw, gm, shape)
@@ -102,7 +97,7 @@ def test_every_im2col_variant_fuses(k, s, p, shape):
     ("routing(im2col(k=4, s=4, p=0), identity, permute(o=(2, 1)))", IM, 0),
 ])
 def test_permute_chains_fold(text, shape, left):
-    raw = _raw(text, shape)
+    raw = lowered(text, shape)
     gm = copy.deepcopy(raw)
     assert remove_permutes(gm) > 0
     dead_code(gm)
@@ -112,7 +107,7 @@ def test_permute_chains_fold(text, shape, left):
 
 def test_a_permute_with_other_users_stays_for_them():
     text = "branching(clone(b=2), [routing(permute(o=(2, 1)), identity, permute(o=(2, 1))), softmax], add)"
-    raw = _raw("routing(permute(o=(2, 1)), " + text + ", permute(o=(2, 1)))", COL)
+    raw = lowered("routing(permute(o=(2, 1)), " + text + ", permute(o=(2, 1)))", COL)
     gm = optimize(copy.deepcopy(raw), device="cpu")
     assert_same_function(raw, gm, COL)
 
