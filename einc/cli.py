@@ -102,10 +102,25 @@ def check(file: str, as_json: bool, plugins: tuple[str, ...]) -> None:
     sys.exit(1 if errors else 0)
 
 
+def looks_like_arch(arg: str) -> bool:
+    """Whether an argument that names no file is bracket-notation text rather than a path.
+
+    Bracket notation writes "(", "[", "=" or "," as soon as it holds more than one bare op name,
+    and a path hardly ever does; so such an argument is architecture text even when it also has
+    a "." (``linear(d=1.5)``) or a "/". Without any, an argument with a "/", "\\", "." or "~" is
+    a path, and a bare word such as ``relu`` is an architecture."""
+    return _has_bracket(arg) or not any(c in arg for c in "/\\.~")
+
+
+def _has_bracket(arg: str) -> bool:
+    return any(c in arg for c in "()[]=,\n")
+
+
 def read_arch_argument(arg: str) -> tuple[str, str | None]:
     """(architecture text, file it came from or None) for an argument that is either a path
-    or a bracket-notation string. Bracket notation has no "/", "\\", "." or "~", so an argument
-    with one is a path even when no such file exists, and is reported as one."""
+    or a bracket-notation string. An existing file is read; an existing directory or device is
+    refused; otherwise bracket notation (``looks_like_arch``) is returned as text for the parser
+    to judge, and anything else is a path naming no file, reported as one."""
     if os.path.isfile(arg):  # (a long architecture string is no path: isfile says so, never raises)
         try:
             return Path(arg).read_text(encoding="utf-8"), arg
@@ -119,7 +134,7 @@ def read_arch_argument(arg: str) -> tuple[str, str | None]:
     if exists:
         kind = "a directory" if os.path.isdir(arg) else "not a regular file"
         _fail(f"{arg}: error: {kind}; give an architecture file or a bracket-notation string")
-    if any(c in arg for c in "/\\.~"):
+    if not looks_like_arch(arg):
         _fail(f"{arg}: error: no such file (an architecture is a file's path or a bracket-notation string)")
     return arg, None
 
@@ -376,7 +391,8 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
               help="Random search, regularised evolution, or random sampling.")
 @click.option("--seeds", "seed_files", multiple=True,
               help="Seeds of the evolution's population (repeatable): an architecture file, a bundled seed "
-                   "(resnet18, vit, wrn16_4_published, ...) or mix (the paper's RE(Mix): all four published).")
+                   "(resnet18, vit, wrn16_4_published, ...), mix (the paper's RE(Mix): all four published) "
+                   "or a bracket-notation string.")
 @click.option("--budget", type=click.IntRange(1), default=20, show_default=True, help="Evaluations.")
 @click.option("--epochs", type=click.IntRange(1), default=8, show_default=True, help="Epochs per evaluation.")
 @click.option("--final-epochs", type=click.IntRange(1), default=None,
@@ -482,17 +498,24 @@ def report(out: str) -> None:
 
 
 def _seeds(values: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(name, text) of each --seeds value: a file, else a bundled seed or group name."""
+    """(name, text) of each --seeds value: a file (named by its stem), else a bundled seed or group
+    name, else bracket-notation text (one with a bracket, "=" or ","; a bare word is taken for a
+    seed name) named inlineN, N its place among the values; the search parses it like a file's."""
     from .seeds import named_seeds, seed_names
 
     out: list[tuple[str, str]] = []
-    for value in values:
-        path = Path(value)
-        if path.exists() or value not in seed_names():
-            if not path.is_file():
+    for n, value in enumerate(values, 1):
+        try:
+            exists = os.path.exists(value)
+        except (OSError, ValueError):
+            exists = False
+        if not exists and value not in seed_names() and _has_bracket(value):
+            out.append((f"inline{n}", value.strip()))
+        elif exists or value not in seed_names():
+            if not os.path.isfile(value):
                 _fail(f'{value}: error: no such file, and no bundled seed of that name ({", ".join(seed_names())})')
             try:
-                out.append((path.stem, path.read_text(encoding="utf-8").strip()))
+                out.append((Path(value).stem, Path(value).read_text(encoding="utf-8").strip()))
             except (OSError, UnicodeDecodeError) as e:
                 _fail(f"{value}:1:1: error: cannot read the seed: {getattr(e, 'strerror', None) or type(e).__name__}")
         else:
@@ -712,8 +735,7 @@ def draw_(arch: str, output: str, grammar: str, input_shape, depth, title, plugi
     from . import load
     from .draw import draw
 
-    source_path = arch if os.path.isfile(arch) else None
-    text = _read_arch_file(arch) if source_path else arch
+    text, source_path = read_arch_argument(arch)
     g = load(grammar, load_plugins(plugins))
     shape = input_shape or g.default_shape()
     if shape is None:

@@ -100,3 +100,54 @@ def test_compile_names_an_input_of_the_wrong_mode(tmp_path):
     r = CliRunner().invoke(main, ["compile", "sequential(relu, relu)", "-g", str(g), "--input", "3,8,8"])
     assert r.exit_code == 1
     assert r.stderr.startswith(f"{g}:1:1: error: the grammar starts in mode Col; the input 3,8,8 is Im")
+
+
+def test_bracket_notation_with_a_dot_or_slash_is_parsed_not_taken_for_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file of any of these names
+    for arch, col in (("sequential(linear(d=1.5), relu)", 22), ("sequential(relu, ./relu)", 18),
+                      ("routing(im2col(k=4, s=4, p=0), linear(d=16), identity).", 55)):
+        r = CliRunner().invoke(main, ["compile", arch, "--input", "3,8,8"])
+        assert r.exit_code == 1, (arch, r.output)
+        assert r.stderr.startswith(f"1:{col}: error: ") and "[arch-syntax]" in r.stderr, r.stderr
+        assert "no such file" not in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["draw", "sequential(linear(d=1.5), relu)", "-o", "x.svg", "--input", "3,8,8"])
+    assert r.exit_code == 1 and r.stderr.startswith("1:22: error: ") and "[arch-syntax]" in r.stderr, r.output
+
+
+def test_an_existing_file_wins_even_with_brackets_in_its_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net(1).arch").write_text("sequential(relu, relu)\n")
+    r = CliRunner().invoke(main, ["compile", "net(1).arch", "--input", "3,8,8", "--summary"])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "bad(2).arch").write_text("sequential(relu,\n  linear(d=1.5))\n")
+    r = CliRunner().invoke(main, ["compile", "bad(2).arch", "--input", "3,8,8"])
+    assert r.exit_code == 1 and r.stderr.startswith("bad(2).arch:2:13: error: "), r.stderr
+
+
+def test_draw_reports_a_missing_file_as_one_like_compile(tmp_path):
+    for arg in (str(tmp_path / "nope.arch"), "relu.arch"):
+        r = CliRunner().invoke(main, ["draw", arg, "-o", str(tmp_path / "x.svg"), "--input", "3,8,8"])
+        assert r.exit_code == 1 and r.stderr == (f"{arg}: error: no such file (an architecture is a file's "
+                                                 "path or a bracket-notation string)\n"), r.output
+
+
+def test_search_seeds_take_bracket_notation_too(tmp_path, monkeypatch):
+    from einc.runtime.search import SearchError
+
+    seen = {}
+
+    def fake_run(config, out, resume=False, on_progress=None, evaluator=None):
+        seen["config"] = config
+        raise SearchError("stop here")
+
+    monkeypatch.setattr("einc.runtime.search.run_search", fake_run)
+    seed = tmp_path / "s.arch"
+    seed.write_text("sequential(relu, relu)\n")
+    r = CliRunner().invoke(main, ["search", "--seeds", str(seed), "--seeds", " sequential(linear(d=1.5), relu)",
+                                  "--seeds", "vit", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "stop here" in r.output, r.output
+    assert seen["config"].seed_names == ("s", "inline2", "vit")
+    assert seen["config"].seeds[:2] == ("sequential(relu, relu)", "sequential(linear(d=1.5), relu)")
+    for value in ("nope/x.arch", "resnet19"):  # a path or a bare word is still a file or a seed's name
+        r = CliRunner().invoke(main, ["search", "--seeds", value, "--out", str(tmp_path / "o")])
+        assert r.exit_code == 1 and f"{value}: error: no such file, and no bundled seed" in r.output, r.output
