@@ -1,12 +1,17 @@
 """The ``einc`` command line: the only module that prints, reads argv or exits.
 
 Every user-facing failure is an ``EinError`` (or a click usage error) and ends as one located
-message and a non-zero exit: 1 for bad input, 2 for bad usage. Heavy imports (torch, the
+message and a non-zero exit: 1 for bad input, 2 for bad usage, 130 for an interrupt. Any other
+exception is a bug in einc itself (a user's plugin code is reported as an ``EinError``, see
+``einc.ops.is_builtin``): like mypy's, it prints its full traceback, then one line saying
+"INTERNAL ERROR" and asking for a report, and exits 70 (``INTERNAL_ERROR``: sysexits.h's
+EX_SOFTWARE, "internal software error"), a code no user error gives. Heavy imports (torch, the
 runtime) happen inside the commands that need them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import keyword
 import math
@@ -24,8 +29,24 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+INTERNAL_ERROR = 70
+"""The exit code of a bug in einc (sysexits.h's EX_SOFTWARE); 1 and 2 are the user's errors."""
+
+
+def _internal_error() -> None:
+    """The exception being handled is einc's own bug: its traceback, then one line, exit 70."""
+    import traceback
+
+    from . import __version__
+
+    click.echo(traceback.format_exc().rstrip("\n"), err=True)
+    _fail(f"einc: INTERNAL ERROR (einc {__version__}): this is a bug in einc, not in your input; "
+          "please report it with the command and the traceback above", INTERNAL_ERROR)
+
+
 class _Group(click.Group):
-    """Turns EinError (and a user's interrupt) into a message and an exit code, never a traceback."""
+    """Turns EinError (and a user's interrupt) into a message and an exit code, never a traceback;
+    any other exception is a bug in einc and keeps its traceback (``_internal_error``)."""
 
     def invoke(self, ctx):
         try:
@@ -34,6 +55,14 @@ class _Group(click.Group):
             _fail(str(e))
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit, EOFError):
+            raise  # usage errors, --help, an aborted prompt: click reports them
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # `einc sample ... | head`: click closes quietly
+                raise
+            _internal_error()
+        except Exception:
+            _internal_error()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,7 +2,8 @@
 
 Every message has the shape ``path:line:col: error: message  [code]`` (mypy's), optionally
 followed by the offending source line and a caret (lark's context). The CLI prints
-``EinError`` messages and exits 1; anything else escaping is a bug and keeps its traceback.
+``EinError`` messages and exits 1; anything else escaping is a bug and keeps its traceback
+(einc.cli: "INTERNAL ERROR", exit 70).
 """
 
 from __future__ import annotations

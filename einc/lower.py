@@ -40,7 +40,7 @@ from .errors import EinError, LoweringError, format_path
 from .infer import infer
 from .meta import BRANCH, FEATURE, INFO, PATH
 from .notation import show
-from .ops import IM, Feature, Features, Library, NotApplicable
+from .ops import IM, Feature, Features, Library, NotApplicable, is_builtin
 from .tree import Expansion, Fork, Leaf, Node, Path, deep
 from .verify import lint
 
@@ -208,7 +208,9 @@ class _Context:
             out = list(op.lower(self, list(nodes), fs, **dict(leaf.args)))
         except EinError:
             raise
-        except Exception as e:  # a hook's bug (e.g. a plugin's): name the node, keep the cause
+        except Exception as e:  # a bug in a user's (a plugin's) hook: name the node, keep the cause
+            if is_builtin(op):  # a bug in einc: its traceback, for the CLI's INTERNAL ERROR
+                raise
             raise LoweringError(f'lowering "{leaf.op}" failed: {type(e).__name__}: {e} ({where})') from e
         if len(out) != len(out_fs) or not all(isinstance(n, fx.Node) for n in out):
             raise LoweringError(f'"{leaf.op}" lowered to {len(out)} values; its shape rule gives '

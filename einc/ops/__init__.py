@@ -46,6 +46,14 @@ class Library(Mapping[str, Op]):
 
 BUILTIN = Library([*branching.OPS, *aggregation.OPS, *routing.OPS, *computation.OPS])
 
+
+def is_builtin(op: Op) -> bool:
+    """Whether ``op`` is one of einc's own operations (the very object in ``BUILTIN``), not one a
+    user made (a plugin's, or one built through the API). A built-in op's hook that raises is a
+    bug in einc and keeps its traceback; a user's is reported in one line naming the op."""
+    return BUILTIN.get(op.name) is op
+
+
 __all__ = ["Args", "BUILTIN", "COL", "Cost", "Effect", "Feature", "Features", "GROUPS", "IM", "Library", "MODES",
-           "NotApplicable", "Op", "OpError", "Param", "Value", "feature_for", "mode_of", "param_order",
+           "NotApplicable", "Op", "OpError", "Param", "Value", "feature_for", "is_builtin", "mode_of", "param_order",
            "representative", "show_value"]

@@ -141,7 +141,11 @@ class Op:
             return self.infer(features, **dict(args))
         except (NotApplicable, EinError):
             raise
-        except Exception as e:  # a bug in the rule (a plugin's): one line naming the op, not a traceback
+        except Exception as e:  # a bug in a user's (a plugin's) rule: one line naming the op, not a traceback
+            from . import is_builtin  # (the package imports this module first)
+
+            if is_builtin(self):  # a bug in einc: its traceback, for the CLI's INTERNAL ERROR
+                raise
             raise OpError(f'operation "{self.name}": its shape rule failed on '
                           f'{", ".join(map(str, features))}: {type(e).__name__}: {e}') from e
 
