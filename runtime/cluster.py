@@ -22,6 +22,15 @@ Design (measured on a 2-core machine with Ray 2.60; see README "Many GPUs, many 
   is replaced, as ``LocalEvaluator`` replaces its worker process. ``time_limit`` kills the actor.
   GPU fractions are admission control only: each actor caps its share of the GPU's memory at
   ``gpus_per_eval``, so a greedy candidate fails with ``OutOfMemory`` instead of its neighbours.
+* **The cluster's loss.** Ray ends a driver process itself (``_Exit(1)`` from its C++ core, no
+  Python exception, no ``finally``) when the raylet on its machine dies (killing
+  ``ray::DashboardAgent`` takes the raylet down: Ray fate-shares the raylet with its agents and
+  Ray 2.60 always starts them, ``include_dashboard=False`` or not) or when the cluster's head
+  (GCS) stops answering. ``einc search --ray`` therefore drives Ray from a child process
+  (``IsolatedRayEvaluator``): its death is ``ClusterLost`` in the search, one line, with the
+  journal intact; the child's output (Ray's log lines) goes to a log file, not the terminal.
+  In-process, ``RayEvaluator`` raises ``ClusterLost`` where Python can see the loss (the runtime
+  was shut down under it).
 * **Ownership.** ``close()`` kills every actor (cancelling what runs on them) and disconnects; the
   Ray runtime is shut down only when this evaluator started it (``address="local"`` with no Ray
   running in this process). A cluster it joined keeps running; a runtime already initialised in
@@ -31,13 +40,24 @@ Design (measured on a 2-core machine with Ray 2.60; see README "Many GPUs, many 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import importlib.util
+import json
 import logging
 import math
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+import traceback
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
 from typing import Any
 
 from .workers import EvaluatorError, Job, Outcome, SlotPool, one_line, run_job
@@ -45,10 +65,29 @@ from .workers import EvaluatorError, Job, Outcome, SlotPool, one_line, run_job
 INSTALL_HINT = "einc search --ray needs Ray: pip install 'einc[ray]'"
 START_TIMEOUT = 600.0
 """Seconds jobs may wait while no actor at all can start (the cluster lacks the resources) before they fail."""
+STOP_TIMEOUT = 30.0
+"""Seconds ``IsolatedRayEvaluator.close`` waits for its driver process to kill its actors and stop Ray."""
 
 
 class RayMissing(EvaluatorError):
     """Ray is not installed."""
+
+
+class ClusterLost(EvaluatorError):
+    """The Ray cluster (or this machine's part of it) is gone: no evaluation can run, the search stops.
+
+    ``reason`` says what happened ("error: ..."); ``resume`` is the command that continues the
+    search, where the evaluator was told it (``search_evaluator`` tells it), and then ends the
+    message as "; continue with: COMMAND". A caller that knows better can build its own line
+    from ``reason``. The journal is the search's, written in this process: nothing of it is lost.
+    """
+
+    def __init__(self, reason: str, resume: str | None = None) -> None:
+        super().__init__(reason + (f"; continue with: {resume}" if resume else ""))
+        self.reason, self.resume = reason, resume
+
+    def __reduce__(self):
+        return type(self), (self.reason, self.resume)
 
 
 def import_ray():
@@ -140,8 +179,9 @@ class RayEvaluator(SlotPool):
 
     def __init__(self, workers: int = 1, *, address: str | None = "local", gpus_per_eval: float | None = None,
                  cpus_per_eval: float | None = None, retries: int = 1, time_limit: float | None = None,
-                 init_kwargs: dict[str, Any] | None = None):
+                 init_kwargs: dict[str, Any] | None = None, resume: str | None = None):
         self._check(workers, time_limit)
+        self.resume = resume  # the command that continues the search, for ClusterLost
         if retries < 0:
             raise EvaluatorError(f"retries={retries}; it must be 0 or more")
         if gpus_per_eval is not None and (gpus_per_eval < 0 or (gpus_per_eval > 1 and gpus_per_eval % 1)):
@@ -200,6 +240,7 @@ class RayEvaluator(SlotPool):
     def submit(self, job: Job) -> None:
         if self._closed:
             raise EvaluatorError("this evaluator is closed")
+        self._check_runtime()
         try:
             job = Job(job.key, job.fn, self._prepare(job))
         except Exception as e:  # the data or grammar cannot be loaded here: that job fails, the search goes on
@@ -217,6 +258,8 @@ class RayEvaluator(SlotPool):
         self._closed = True
         self._queue.clear()
         self._done.clear()
+        if not self._ray.is_initialized():  # shut down under us: nothing to kill, and a call would start Ray anew
+            self._slots.clear()
         for slot in self._slots:
             if slot.ref is not None:
                 with contextlib.suppress(Exception):
@@ -226,6 +269,13 @@ class RayEvaluator(SlotPool):
         self._disconnect()
 
     # ------------------------------------------------------------------ internals
+
+    def _check_runtime(self) -> None:
+        """``ClusterLost`` when the Ray runtime was shut down under this evaluator (the next Ray call would
+        silently start a fresh local one, with none of our actors)."""
+        if not self._ray.is_initialized():
+            raise ClusterLost("error: the Ray runtime was shut down during the search; the evaluations "
+                              "running on it are lost", self.resume)
 
     def _disconnect(self) -> None:
         if self._connected:
@@ -270,6 +320,7 @@ class RayEvaluator(SlotPool):
         self._start(slot)
 
     def _dispatch(self) -> None:
+        self._check_runtime()
         for slot in self._slots:
             if slot.job is None and slot.ready is None and slot.actor is not None and self._queue:
                 job, attempt = self._queue.popleft()
@@ -289,7 +340,11 @@ class RayEvaluator(SlotPool):
         if self._queue and not busy:
             deadlines.append(min(s.since for s in starting) + START_TIMEOUT)
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-        ready, _ = ray.wait([s.ref for s in busy] + [s.ready for s in starting], num_returns=1, timeout=timeout)
+        self._check_runtime()
+        try:
+            ready, _ = ray.wait([s.ref for s in busy] + [s.ready for s in starting], num_returns=1, timeout=timeout)
+        except ray.exceptions.RaySystemError as e:  # this driver lost its connection to Ray
+            raise ClusterLost(f"error: lost the Ray cluster ({one_line(e)})", self.resume) from None
         ready = set(ready)
         now = time.monotonic()
         for slot in starting:
@@ -359,12 +414,265 @@ class RayEvaluator(SlotPool):
             self._done.append(Outcome(job.key, "failed", reason=reason, started=now, finished=now))
 
 
+# --------------------------------------------------------------------------- the driver in a child process
+
+
+class IsolatedRayEvaluator:
+    """A ``RayEvaluator`` in a child process (the Ray driver), driven over a pipe; same settings, same protocol.
+
+    Ray ends its driver process itself when the raylet on its machine or the cluster's head dies;
+    here that process is the child, and its death is ``ClusterLost`` from ``results()`` (or from
+    the constructor), in one line. The child's stdout and stderr (Ray's log lines) go to
+    ``log``, a temporary file, removed on a clean ``close()`` and named by the error otherwise.
+    The child ignores Ctrl-C (the search handles it and then calls ``close()``) and dies with this
+    process; Ray kills the actors of a driver that died.
+    """
+
+    def __init__(self, workers: int = 1, *, address: str | None = "local", gpus_per_eval: float | None = None,
+                 cpus_per_eval: float | None = None, retries: int = 1, time_limit: float | None = None,
+                 init_kwargs: dict[str, Any] | None = None, resume: str | None = None):
+        SlotPool._check(workers, time_limit)
+        if not _ray_installed():  # before any process starts
+            raise RayMissing(INSTALL_HINT)
+        self.retries, self.time_limit, self.resume = retries, time_limit, resume
+        self.resubmitted = 0
+        self._pending = 0
+        self._busy = self._closed = self._ready = self._keep_log = False
+        self._lost: ClusterLost | None = None
+        fd, self.log = tempfile.mkstemp(prefix="einc-ray-", suffix=".log")
+        ours, theirs = Pipe()
+        self._conn: Connection = ours
+        code = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+                "from einc.runtime.cluster import _serve; _serve(int(sys.argv[2]), int(sys.argv[3]))")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code, json.dumps(sys.path), str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd)
+        except OSError as e:
+            os.close(fd)
+            ours.close()
+            self._remove_log()
+            raise EvaluatorError(f"error: cannot start the Ray driver process: {one_line(e)}") from None
+        finally:
+            theirs.close()
+        os.close(fd)
+        settings = dict(workers=workers, address=address, gpus_per_eval=gpus_per_eval, cpus_per_eval=cpus_per_eval,
+                        retries=retries, time_limit=time_limit, init_kwargs=init_kwargs, resume=resume)
+        try:
+            self._send(("start", settings))
+            self._busy = True
+            kind, value = self._recv()  # Ray starts (or is joined) and the actors are asked for
+            self._busy = False
+            self._raise_error(kind, value)
+        except BaseException:
+            self.close()
+            raise
+        self.gpus_per_eval, self.cpus_per_eval, self.threads = value
+        self._ready = True
+
+    @property
+    def pid(self) -> int:
+        """The driver process."""
+        return self._proc.pid
+
+    def submit(self, job: Job) -> None:
+        if self._closed:
+            raise EvaluatorError("this evaluator is closed")
+        self._send(("submit", job))
+        self._pending += 1
+
+    def results(self) -> Iterator[Outcome]:
+        while self._pending:
+            self._send(("next", None))
+            self._busy = True
+            kind, value = self._recv()
+            self._busy = False
+            self._raise_error(kind, value)
+            outcome, self.resubmitted = value
+            if outcome is None:  # the driver has nothing pending: it failed every job already
+                self._pending = 0
+                return
+            self._pending -= 1
+            yield outcome
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def close(self) -> None:
+        """Stop the driver (it kills its actors and lets go of Ray, as ``RayEvaluator.close``); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pending = 0
+        proc, stopped = self._proc, False
+        if proc.poll() is None:
+            if self._busy:  # a reply is due (Ctrl-C interrupted the wait for it): interrupt the driver's wait
+                proc.send_signal(signal.SIGTERM)
+                stopped = True  # it exits with 1 then, as asked
+            else:
+                with contextlib.suppress(OSError):
+                    self._conn.send(("close", None))
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # Ray still kills the actors of a dead driver
+                proc.wait()
+        self._conn.close()
+        if not self._keep_log and (proc.returncode == 0 or stopped):
+            self._remove_log()  # else it says what went wrong
+
+    def __enter__(self) -> IsolatedRayEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _raise_error(self, kind: str, value: Any) -> None:
+        if kind == "error":  # an einc error, as the in-process evaluator raises it
+            raise value
+        if kind == "crash":  # anything else: its traceback is in the log
+            self._keep_log = True
+            raise EvaluatorError(f"error: the Ray driver process failed: {value}; its log: {self.log}")
+
+    def _remove_log(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.log)
+
+    def _send(self, message: tuple[str, Any]) -> None:
+        try:
+            self._conn.send(message)
+        except OSError:  # EPIPE: the driver is gone
+            raise self._gone() from None
+
+    def _recv(self) -> tuple[str, Any]:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            raise self._gone() from None
+
+    def _gone(self) -> ClusterLost:
+        """The driver process died: why, as far as its exit and its log tell."""
+        try:
+            code = self._proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:  # it closed the pipe yet lives on: make sure it is gone
+            self._proc.kill()
+            code = self._proc.wait()
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        tail = _tail(self.log)
+        if not self._ready:  # e.g. an import failed: its last line says what
+            last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "no output")
+            self._lost = ClusterLost(f"error: the Ray driver process {how} as it started ({last[:300]}); "
+                                     f"its log: {self.log}", None)
+        else:
+            why = ("the cluster's head (GCS) stopped answering" if "connect to GCS" in tail
+                   else "as Ray does when the raylet on this machine or the cluster's head dies")
+            self._lost = ClusterLost(f"error: lost the Ray cluster: the search's Ray driver process {how} ({why}); "
+                                     f"Ray's log: {self.log}", self.resume)
+        self._closed = self._keep_log = True
+        self._pending = 0
+        return self._lost
+
+
+def _ray_installed() -> bool:
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # sys.modules["ray"] is None or has no spec
+        return False
+
+
+def _tail(path: str, size: int = 20000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _serve(fd: int, parent: int) -> None:
+    """The driver process of ``IsolatedRayEvaluator``: one ``RayEvaluator``, driven over connection ``fd``.
+
+    Messages in: ("start", settings), ("submit", job), ("next", None), ("close", None). Replies:
+    ("ready", (gpus, cpus, threads)) to start; ("outcome", (outcome or None, resubmitted)) to next;
+    ("error", EvaluatorError) or ("crash", one line) to either. SIGTERM (also when the search process
+    dies) stops a wait.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search's; it then closes us
+
+    def stop(signum, frame):
+        raise SystemExit(1)
+
+    signal.signal(signal.SIGTERM, stop)
+    with contextlib.suppress(Exception):  # not Linux: the search's close() and the broken pipe cover it
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        return
+    conn = Connection(fd)
+    ev: RayEvaluator | None = None
+    try:
+        _, settings = conn.recv()
+        try:
+            ev = RayEvaluator(**settings)
+        except Exception as e:
+            conn.send(_error(e))
+            return
+        conn.send(("ready", (ev.gpus_per_eval, ev.cpus_per_eval, ev.threads)))
+        while True:
+            kind, value = conn.recv()
+            if kind == "close":
+                return
+            try:
+                if kind == "submit":
+                    ev.submit(value)  # its failures are outcomes, or show at the next "next"
+                    continue
+                reply: tuple[str, Any] = ("outcome", (next(ev.results(), None), ev.resubmitted))
+            except Exception as e:
+                reply = _error(e)
+            conn.send(reply)
+    except (EOFError, OSError):  # the search went away
+        return
+    finally:
+        if ev is not None:
+            ev.close()
+
+
+def _error(e: Exception) -> tuple[str, Any]:
+    """The reply for ``e``: an einc error crosses as is; anything else as one line, its traceback to our log."""
+    if isinstance(e, EvaluatorError):
+        return "error", e
+    traceback.print_exc()
+    return "crash", one_line(e)
+
+
+def resume_command(out, address: str | None, gpus_per_eval: float | None = None, retries: int = 1) -> str:
+    """The ``einc search`` command that continues the search in ``out`` with the same Ray settings (not saved)."""
+    import shlex
+
+    words = ["einc", "search", "--out", shlex.quote(str(out)), "--resume", "--ray"]
+    if address not in (None, "local"):
+        words.append(shlex.quote(str(address)))
+    if gpus_per_eval is not None:
+        words += ["--gpus-per-eval", f"{gpus_per_eval:g}"]
+    if retries != 1:
+        words += ["--retries", str(retries)]
+    return " ".join(words)
+
+
 def search_evaluator(config, out, resume: bool, address: str, gpus_per_eval: float | None = None,
-                     retries: int = 1) -> RayEvaluator:
+                     retries: int = 1) -> RayEvaluator | IsolatedRayEvaluator:
     """The evaluator of ``einc search --ray``: sized by the search's settings (the saved ones on resume).
 
     Ray settings are execution settings, not the search's: they are not saved and are given
-    again with ``--resume``.
+    again with ``--resume``; a lost cluster's ``ClusterLost`` ends with that command. The Ray
+    driver runs in a child process (``IsolatedRayEvaluator``), unless this process has a Ray
+    runtime initialised already (tests, notebooks): that one is used in-process, as is.
     """
     from pathlib import Path
 
@@ -373,5 +681,7 @@ def search_evaluator(config, out, resume: bool, address: str, gpus_per_eval: flo
     saved = Path(out) / "config.json"
     if resume and saved.exists():
         config = SearchConfig.load(saved)
-    return RayEvaluator(config.workers, address=address, gpus_per_eval=gpus_per_eval, retries=retries,
-                        time_limit=config.time_limit)
+    ray = sys.modules.get("ray")
+    kind = RayEvaluator if ray is not None and ray.is_initialized() else IsolatedRayEvaluator
+    return kind(config.workers, address=address, gpus_per_eval=gpus_per_eval, retries=retries,
+                time_limit=config.time_limit, resume=resume_command(out, address, gpus_per_eval, retries))
