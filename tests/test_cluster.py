@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -151,6 +154,84 @@ def test_without_ray_the_search_names_the_extra(monkeypatch, tmp_path):
 def test_ray_settings_need_ray(tmp_path):
     r = CliRunner().invoke(main, ["search", "--retries", "2", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "apply to --ray only" in r.output
+
+
+def test_a_runtime_shut_down_under_the_evaluator_is_cluster_lost(cluster):
+    """In-process, Python sees the loss only when the runtime is shut down: one ClusterLost, no fresh Ray started."""
+    import ray
+
+    from einc.runtime.cluster import ClusterLost, RayEvaluator
+
+    try:
+        with RayEvaluator(workers=1, resume="einc search --out X --resume --ray") as ev:
+            ev.submit(Job("a", _jobs.sleep, {"seconds": 30.0}))
+            while ev._slots[0].job is None or ev._slots[0].pid is None:
+                ev._wait()
+                ev._dispatch()
+            ray.shutdown()
+            with pytest.raises(ClusterLost) as lost:
+                list(ev.results())
+            assert not ray.is_initialized()  # ray.wait would have started a new local runtime
+        assert not ray.is_initialized()  # nor did close()
+        assert str(lost.value) == ("error: the Ray runtime was shut down during the search; the evaluations running "
+                                   "on it are lost; continue with: einc search --out X --resume --ray")
+        assert lost.value.resume == "einc search --out X --resume --ray"
+    finally:
+        if not ray.is_initialized():
+            ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+    deadline = time.time() + 10  # the driver that owned the actor left: Ray killed it
+    while ray_cpus() < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert ray_cpus() == 2
+
+
+def test_a_search_whose_ray_driver_dies_ends_in_one_line(cluster, tmp_path):
+    """``einc search --ray``'s Ray driver is a child process: Ray ends it when the raylet it talks to (or the head)
+    dies, which no Python in it can catch. Its death (simulated by SIGKILL) is one line with the resume command,
+    the exit code 1, and an intact journal; Ray kills the dead driver's actors."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "einc.cli", "search", "--ray", cluster.address, "--retries", "0", "--budget", "50",
+           "--out", str(out), *SEARCH]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        driver = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            evals = _records(out) if (out / "journal.jsonl").exists() else []
+            driver = driver or _child(proc.pid, "einc.runtime.cluster")
+            if evals and driver:
+                break
+            time.sleep(0.2)
+        assert driver and evals, proc.communicate()
+        os.kill(driver, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 1, err
+    assert last.startswith("error: lost the Ray cluster: the search's Ray driver process was killed by SIGKILL")
+    assert last.endswith(f"; continue with: einc search --out {out} --resume --ray {cluster.address} --retries 0")
+    assert "Traceback" not in err and "ray" not in err.replace(last, "").lower().replace("training", "")
+    log = last.split("Ray's log: ")[1].split(";")[0]
+    assert Path(log).exists()  # kept: it says what went wrong
+    Path(log).unlink()
+    assert _records(out) and all(r["status"] == "ok" for r in _records(out))  # whole, readable records
+    deadline = time.time() + 20
+    while ray_cpus() < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert ray_cpus() == 2
+
+
+def _child(pid: int, marker: str) -> int | None:
+    """A child process of ``pid`` whose command line contains ``marker``."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
+                    and marker in (entry / "cmdline").read_text():
+                return int(entry.name)
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
 
 
 def test_a_node_that_dies_mid_evaluation(cluster):  # last: the cluster keeps one node after it
