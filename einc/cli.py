@@ -16,6 +16,7 @@ import json
 import keyword
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -53,8 +54,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EinError as e:
             _fail(str(e))
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
+        except KeyboardInterrupt as e:  # a Stopped search's SIGTERM is 143
+            from einc.runtime.stop import exit_code
+
+            _fail("interrupted", exit_code(e))
         except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit, EOFError):
             raise  # usage errors, --help, an aborted prompt: click reports them
         except OSError as e:
@@ -470,6 +473,7 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
 
     from einc.runtime.report import format_summary
     from einc.runtime.search import SearchConfig, run_search
+    from einc.runtime.stop import stop_on_signals
 
     # execution settings, not the search's: they stay out of SearchConfig and config.json
     ray_address, gpus_per_eval, retries = kw.pop("ray_address"), kw.pop("gpus_per_eval"), kw.pop("retries")
@@ -484,37 +488,56 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                           time_limit=time_limit, workers=workers, compile=compile_model, amp=amp, graphs=graphs,
                           plugins=tuple(str(Path(f).resolve()) for f in plugins), **kw)
-    evaluator = None
     if ray_address is not None:
-        from einc.runtime.cluster import RayMissing, search_evaluator
+        from einc.runtime.cluster import RayMissing, resume_command, search_evaluator
 
+        hint = resume_command(out, ray_address, gpus_per_eval, 1 if retries is None else retries)
+    else:
+        hint = f"einc search --out {shlex.quote(str(out))} --resume"
+    evaluator = bar = stopped = None
+    with stop_on_signals():  # SIGINT and SIGTERM raise Stopped (a KeyboardInterrupt) from here on
         try:
-            evaluator = search_evaluator(config, out, resume, ray_address, gpus_per_eval,
-                                         1 if retries is None else retries)
-        except RayMissing as e:
-            _fail(str(e), 2)
-    bar = tqdm(total=None, desc="search", unit="training", dynamic_ncols=True, file=sys.stderr)
+            if ray_address is not None:
+                try:
+                    evaluator = search_evaluator(config, out, resume, ray_address, gpus_per_eval,
+                                                 1 if retries is None else retries)
+                except RayMissing as e:
+                    _fail(str(e), 2)
+            tqdm.monitor_interval = 0  # no monitor thread: nothing to join when a stop lands mid-refresh
+            bar = tqdm(total=None, desc="search", unit="training", dynamic_ncols=True, file=sys.stderr)
 
-    def show(p) -> None:
-        bar.total = p.total
-        bar.n = p.done
-        bar.set_postfix_str("best val " + ("n/a" if p.best is None else f"{100 * p.best:.2f}%"))
-        bar.refresh()
+            def show(p) -> None:
+                bar.total = p.total
+                bar.n = p.done
+                bar.set_postfix_str("best val " + ("n/a" if p.best is None else f"{100 * p.best:.2f}%"))
+                bar.refresh()
 
-    try:
-        summary = run_search(config, out, resume=resume, on_progress=show, evaluator=evaluator)
-    except KeyboardInterrupt:
-        bar.close()
-        _fail(f"interrupted: every finished evaluation is kept in {Path(out) / 'journal.jsonl'}; "
-              f"continue with: einc search --out {out} --resume", code=130)
-    finally:
-        bar.close()
-        if evaluator is not None:  # kills its actors (cancelling their tasks) and stops a Ray runtime it started
-            evaluator.close()
-    click.echo(format_summary(summary, Path(out)))
-    if summary["best_index"] is None:
-        _fail(f"{out}: error: every evaluation failed ({', '.join(summary['failures']) or 'no reason recorded'}); "
-              "nothing to report as best")
+            summary = run_search(config, out, resume=resume, on_progress=show, evaluator=evaluator)
+        except KeyboardInterrupt as e:  # Stopped by a signal, or a plain KeyboardInterrupt
+            stopped = e
+        finally:  # every wait in here is bounded; a second signal exits at once
+            if bar is not None:
+                bar.close()
+            if evaluator is not None:  # kills its actors (cancelling their tasks), stops a Ray runtime it started
+                evaluator.close()
+        if stopped is not None:
+            _stopped(stopped, out, hint)
+        click.echo(format_summary(summary, Path(out)))
+        if summary["best_index"] is None:
+            _fail(f"{out}: error: every evaluation failed "
+                  f"({', '.join(summary['failures']) or 'no reason recorded'}); nothing to report as best")
+
+
+def _stopped(e: KeyboardInterrupt, out: str, hint: str) -> None:
+    """A signal stopped the search (its workers are stopped): say how to resume, exit 128 + signal."""
+    from einc.runtime.stop import exit_code, kill_children
+
+    kill_children()  # the fork server too, which may still be importing torch
+    name = e.args[0] if e.args else "SIGINT"
+    if (Path(out) / "config.json").exists():
+        _fail(f"stopped ({name}): every finished evaluation is kept in {Path(out) / 'journal.jsonl'}; "
+              f"continue with: {hint}", exit_code(e))
+    _fail(f"stopped ({name}) before the search began; nothing was recorded in {out}", exit_code(e))
 
 
 @main.command()

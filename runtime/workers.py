@@ -31,6 +31,7 @@ import json
 import multiprocessing as mp
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -156,36 +157,52 @@ class InlineEvaluator:
 # --------------------------------------------------------------------------- worker processes
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_REAP = 2.0
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+"""Seconds to wait for a killed worker to be gone (every wait in a stop is bounded)."""
 _PR_SET_PDEATHSIG = 1
 
 
 def _die_with(search: int) -> None:
     """Make sure this worker does not outlive the search process ``search``, however it ends.
 
-    The kernel kills the worker when its parent dies: the search itself, or the fork server the
-    search started, which exits as soon as the search is gone. A watchdog thread checks the
-    search every second where that request is missing.
+    The kernel kills the worker when its parent dies (``PR_SET_PDEATHSIG``); but the parent of a
+    forked worker is the fork server, which exits only after the search does. So a watchdog
+    thread also waits on the search itself: on a pidfd where the kernel has them (it wakes the
+    moment the search exits, zombie or not), else by polling its state every 0.2 s.
     """
     with contextlib.suppress(Exception):  # not Linux, or no libc: the watchdog alone covers it
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    def alive() -> bool:
-        try:
-            os.kill(search, 0)
-        except OSError:  # no such process, or one of someone else's: the pid was reused
-            return False
-        return True
-
-    if not alive():
+    try:
+        pidfd: int | None = os.pidfd_open(search)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or the search is gone already
+        pidfd = None
+    if not _alive(search):
         os._exit(1)
 
     def watch() -> None:
-        while alive():
-            time.sleep(1.0)
+        if pidfd is not None:
+            select.select([pidfd], [], [])  # readable once the search has exited
+        else:
+            while _alive(search):
+                time.sleep(0.2)
         os._exit(1)
 
     threading.Thread(target=watch, name="einc-watchdog", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs and is not a zombie (``kill(pid, 0)`` succeeds on a zombie, which is dead all the same)."""
+    try:
+        os.kill(pid, 0)
+    except OSError:  # no such process, or one of someone else's: the pid was reused
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):  # no /proc (not Linux): kill's answer stands
+        return True
 
 
 def _worker(conn: Connection, threads: int | None, parent: int, name: str,
@@ -199,9 +216,12 @@ def _worker(conn: Connection, threads: int | None, parent: int, name: str,
             os.environ[var] = str(threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
+    unprepared = None
     if prepare is not None:  # imports, CUDA start, data: overlaps the search's own set-up
-        with contextlib.suppress(Exception):  # a job that needs what failed here reports it itself
+        try:
             prepare()
+        except Exception as e:  # e.g. the GPU memory cap did not apply: no job may run without it
+            unprepared = (f"{one_line(e)} (while preparing the worker)", traceback.format_exc())
     while True:
         try:
             data = conn.recv_bytes()
@@ -214,6 +234,9 @@ def _worker(conn: Connection, threads: int | None, parent: int, name: str,
             conn.send(("failed", None, reason, traceback.format_exc()))
             return
         if message is None:
+            return
+        if unprepared is not None:  # the job's outcome says why; a fresh worker tries again
+            conn.send(("failed", None, *unprepared))
             return
         reply = run_job(*message)
         try:
@@ -361,7 +384,15 @@ class LocalEvaluator(SlotPool):
         # daemon: stopped when the search exits; killed by the kernel when the search is (_die_with).
         proc = self._ctx.Process(target=_worker, args=(child, self.threads, os.getpid(), slot.name, self.prepare),
                                  daemon=True, name=f"einc-worker-{slot.name}")
-        proc.start()
+        # The first start spawns the fork server, which imports torch for seconds with Python's default
+        # SIGINT handling: a Ctrl-C to the terminal's process group would print its traceback. It and
+        # the workers start with both signals blocked (the search stops them itself); here a signal
+        # waits until the start has finished, so no started worker goes untracked.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
         slot.proc, slot.conn = proc, parent
 
@@ -369,7 +400,7 @@ class LocalEvaluator(SlotPool):
         if slot.proc is not None:
             if slot.proc.is_alive():
                 slot.proc.kill()
-            slot.proc.join()
+            slot.proc.join(timeout=_REAP)  # SIGKILL is prompt; a process stuck in the kernel is not waited for
         if slot.conn is not None:
             slot.conn.close()
         slot.proc = slot.conn = slot.job = None
@@ -390,9 +421,10 @@ class LocalEvaluator(SlotPool):
                     if slot.proc is None or not slot.proc.is_alive():
                         self._retire(slot)
                         self._start(slot)
+                    # busy before the send: a stop between the two must not take a running worker for idle
+                    slot.job, slot.started, slot.wall, slot.used = job, time.monotonic(), time.time(), True
                     try:
                         slot.conn.send_bytes(data)  # type: ignore[union-attr]
-                        slot.job, slot.started, slot.wall, slot.used = job, time.monotonic(), time.time(), True
                         break
                     except OSError as e:
                         self._retire(slot)

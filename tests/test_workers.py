@@ -9,6 +9,7 @@ import time
 import pytest
 
 from einc.errors import EinError
+from einc.runtime import workers
 from einc.runtime.workers import Evaluator, InlineEvaluator, Job, LocalEvaluator, Outcome
 
 import _jobs
@@ -62,7 +63,7 @@ def test_close_lets_a_used_worker_exit_and_kills_one_still_preparing():
     join = preparing.join
     preparing.join = lambda timeout=None: (waits.append(timeout), join(timeout))  # type: ignore[method-assign]
     ev.close()  # an error before the first job (bad --data, say) is reported at once
-    assert waits == [None] and preparing.exitcode == -9  # killed, then reaped: no grace period
+    assert waits == [workers._REAP] and preparing.exitcode == -9  # killed, then reaped: no grace period
 
 
 def test_exception_is_a_failed_outcome_and_the_worker_is_replaced():
@@ -137,3 +138,24 @@ def test_a_training_job_runs_in_a_worker_with_capped_threads():
         out = run(ev, Job("train", _jobs.train_tiny, {"seed": 0}))["train"]
     assert out.ok, out.reason
     assert 0.0 <= out.result["val_acc"] <= 1.0 and out.result["epochs"] == 1 and out.result["threads"] == 2
+
+
+def test_a_worker_that_failed_to_prepare_says_why_in_its_jobs_outcome():
+    import functools
+
+    with LocalEvaluator(workers=1, prepare=functools.partial(_jobs.boom, "cannot cap GPU memory")) as ev:
+        out = run(ev, Job("a", _jobs.square, {"x": 2}))
+    assert out["a"].status == "failed"
+    assert out["a"].reason == "ValueError: cannot cap GPU memory (while preparing the worker)"
+    assert "Traceback" in out["a"].detail
+
+
+def test_a_zombie_is_not_alive():
+    child = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,))
+    child.start()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{child.pid}") and workers._alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)  # exited, not yet reaped: kill(pid, 0) still succeeds on it
+    assert os.path.exists(f"/proc/{child.pid}") and not workers._alive(child.pid)
+    child.join()
+    assert workers._alive(os.getpid())
