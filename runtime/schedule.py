@@ -6,16 +6,27 @@ moves on:
 * ``proposal``: the strategy proposed architecture ``arch`` as number ``index``;
 * ``eval``: the evaluation of ``index`` finished (or was reused: ``duplicate_of``).
 
-Observations reach the strategy in the order their ``eval`` lines stand in the journal, and a
-strategy's proposals depend only on its seed and on that order. Resuming therefore replays
-the journal through the same state machine (``Scheduler.replay``): every replayed proposal must
-equal its line, finished evaluations are observed again, and what was in flight at the kill is
-submitted again; nothing finished is trained twice and the journal only grows. With one worker
-the events alternate, so a resumed search writes exactly the journal of an uninterrupted one.
+**Determinism.** Workers finish in an order that depends on timing, so a strategy that learned
+results in that order would search differently on every run. Here it never does: results reach
+the strategy, and the journal, in *proposal order*, and proposal ``k`` is made from exactly the
+results of proposals ``< k - lag`` (or a few more, when the strategy cannot propose yet: still a
+fixed number). Both depend only on the seed, not on ``workers`` or on timing, so the same seed
+gives the same journal (timestamps and worker names aside) with one worker or sixty-four, local
+or on Ray. ``lag`` bounds how many proposals may be in flight ahead of the oldest unfinished
+one (``lag + 1`` trainings at once); a worker waits only when the oldest evaluation in flight
+is that far behind. A result that finished out of order waits in ``<journal>.pending`` (fsync'd
+like the journal) until its turn, so a killed search loses no finished evaluation either.
+
+Resuming replays the journal through the same state machine (``Scheduler.replay``): every
+replayed proposal must equal its line, results are observed again in the same order, pending
+results are taken back, and what was in flight at the kill is submitted again; nothing finished
+is trained twice, the journal only grows, and a resumed search writes exactly the journal of an
+uninterrupted one.
 
 ``budget`` counts trainings. A proposal that repeats an architecture already proposed is not
-trained: its ``eval`` line copies the first one's result once that is known, and it costs no
-budget (strategies redraw such proposals a bounded number of times first).
+trained: its ``eval`` line copies the first one's result, and it costs no budget (strategies
+redraw such proposals a bounded number of times first). When ``max_repeats`` proposals in a
+row all repeat, the space (under its budgets) holds no more: the search ends early and says so.
 
 Multi-fidelity (``rungs=(1, 3, 9), eta=3``) is asynchronous successive halving: every new
 architecture trains for ``rungs[0]`` epochs; whenever a worker is free, an evaluation in the
@@ -31,6 +42,7 @@ against the budget like any training.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -42,8 +54,13 @@ from .journal import Journal
 from .strategies import Avoid, Proposal
 from .workers import Evaluator, Job, Outcome
 
-MAX_REPEATS = 1000
-"""Consecutive proposals that all repeat earlier ones before the search decides its space is exhausted."""
+MAX_REPEATS = 20
+"""Consecutive proposals that all repeat earlier ones before the search decides its space is exhausted
+(each proposal has already redrawn ``strategies.RETRIES`` times, so 20 is some 400 draws)."""
+
+LAG = 8
+"""Default lag: proposal k sees the results of proposals < k - LAG. Simulated with lognormal training
+times (sigma 0.7), workers stay >= 93% busy up to about LAG / 2 of them; more want a larger lag."""
 
 
 class ReplayError(EinError):
@@ -84,33 +101,37 @@ class Scheduler:
     ``describe(tree)`` the static facts journaled with it (params, FLOPs). ``base`` keys go
     into every line (grammar hash, seed, strategy). ``rungs`` (epochs per rung) and ``eta``
     turn on multi-fidelity; with one rung every evaluation trains for ``rungs[0]`` epochs.
+    ``lag`` is the determinism window of the module docstring: part of what a search is, unlike
+    ``workers``.
     """
 
     def __init__(self, strategy: Strategy, journal: Journal, *, budget: int, workers: int,
                  job_for: Callable[[int, Expansion, str, int], Job],
                  describe: Callable[[Expansion], dict[str, Any]], base: dict[str, Any],
                  on_event: Callable[[Scheduler], None] | None = None, max_repeats: int = MAX_REPEATS,
-                 rungs: tuple[int, ...] = (1,), eta: int = 3):
-        if not rungs or eta < 2:
-            raise ValueError("multi-fidelity needs at least one rung and eta >= 2")
-        self.rungs, self.eta = tuple(rungs), eta
+                 rungs: tuple[int, ...] = (1,), eta: int = 3, lag: int = LAG):
+        if not rungs or eta < 2 or lag < 0:
+            raise ValueError("multi-fidelity needs at least one rung and eta >= 2; lag must be >= 0")
+        self.rungs, self.eta, self.lag = tuple(rungs), eta, lag
         self.promoted: set[int] = set()               # evaluations already promoted to the next rung
         self.root: dict[int, int] = {}                # promotion -> the index that first proposed its arch
         self.strategy, self.journal, self.max_repeats = strategy, journal, max_repeats
+        self.pending = Journal(journal.path.with_name(journal.path.name + ".pending"))
         self.budget, self.workers = budget, workers
         self.job_for, self.describe, self.base, self.on_event = job_for, describe, base, on_event
         self.proposals: dict[int, dict[str, Any]] = {}
         self.trees: dict[int, Expansion] = {}
-        self.results: dict[int, dict[str, Any]] = {}
+        self.results: dict[int, dict[str, Any]] = {}  # journaled and observed: indices < self.committed
+        self.finished: dict[int, dict[str, Any]] = {}  # trained, waiting for their turn (in self.pending)
+        self.committed = 0
         self.first: dict[str, int] = {}               # architecture -> the proposal that trains it
-        self.waiting: dict[int, list[int]] = {}       # trained index -> repeats awaiting its result
         self.running: set[int] = set()
         self.trainings = 0                            # proposals that train (finished or not)
         self.repeats = 0                              # consecutive proposals that repeated earlier ones
         self.exhausted = False
-        self.notes: list[str] = []                 # what the summary should say about this run
+        self.notes: list[str] = []                    # what the summary should say about this run
 
-    # ------------------------------------------------------------------ the two events
+    # ------------------------------------------------------------------ decisions (no I/O)
 
     def _promotion(self) -> int | None:
         """An evaluation in the best 1/eta of its rung and not yet promoted (highest rung first), if any."""
@@ -122,6 +143,19 @@ class Scheduler:
                 if r["index"] not in self.promoted:
                     return r["index"]
         return None
+
+    def _can_propose(self) -> bool:
+        return self.strategy.ready() or self._promotion() is not None
+
+    def _proposing(self) -> bool:
+        return self.trainings < self.budget and not self.exhausted
+
+    def _wants_result(self, k: int) -> bool:
+        """Before proposal ``k``: must the next result in proposal order be observed first?"""
+        return self.committed < k and (self.committed < k - self.lag or not self._can_propose())
+
+    def _committable(self, i: int) -> bool:
+        return i < len(self.proposals) and (i in self.finished or "duplicate_of" in self.proposals[i])
 
     def _propose(self) -> dict[str, Any]:
         index = len(self.proposals)
@@ -151,49 +185,75 @@ class Scheduler:
             self.trainings += 1
             self.repeats = 0
         self.proposals[index], self.trees[index] = record, p.tree
+        if self.repeats >= self.max_repeats:
+            self.exhausted = True
+            self.notes.append(f"stopped early: the space looks exhausted: {len(self.first)} distinct "
+                              f"architectures found, then {self.max_repeats} proposals in a row repeated them; the "
+                              "grammar, within its budgets (--max-params, --max-flops, ...), seems to hold no more")
         return record
 
     def _observe(self, record: dict[str, Any]) -> None:
         index = record["index"]
         self.results[index] = record
+        self.committed = index + 1
         if index in self.root:
             self.strategy.rescore(self.root[index], score(record))
         else:
             self.strategy.observe(index, self.trees[index], score(record))
 
+    def _result_of(self, index: int) -> dict[str, Any]:
+        """The eval record of a committable ``index``: its training's, or a copy of its original's."""
+        if index in self.finished:
+            return self.finished.pop(index)
+        p = self.proposals[index]
+        original = self.results[p["duplicate_of"]]
+        now = round(time.time(), 3)
+        return dict(index=index, kind="eval", arch=p["arch"], **self.base, origin=p["origin"], parent=p["parent"],
+                    **self._fidelity(p), params=original.get("params"), flops=original.get("flops"),
+                    activations=original.get("activations"), status=original["status"],
+                    reason=original.get("reason"), metrics=original.get("metrics", {}), seconds=0.0,
+                    started=now, finished=now, worker=None, duplicate_of=original["index"])
+
     # ------------------------------------------------------------------ live
 
     def run(self, evaluator: Evaluator) -> None:
         """Propose, submit and journal until the budget is trained; returns when nothing is in flight."""
-        self._fill(evaluator)
+        self._advance(evaluator)
         for outcome in evaluator.results():
             self._finish(outcome)
-            self._fill(evaluator)
+            self._advance(evaluator)
 
     def resubmit(self, evaluator: Evaluator) -> None:
         """After ``replay``: submit again what was in flight when the search stopped."""
         for index in sorted(self.proposals):
-            record = self.proposals[index]
-            if index in self.results or "duplicate_of" in record:
+            if index < self.committed or index in self.finished or "duplicate_of" in self.proposals[index]:
                 continue
             self._submit(evaluator, index)
 
-    def _fill(self, evaluator: Evaluator) -> None:
-        while (len(self.running) < self.workers and self.trainings < self.budget and not self.exhausted
-               and (self.strategy.ready() or self._promotion() is not None)):
+    def _advance(self, evaluator: Evaluator) -> None:
+        """Commit the results whose turn has come and propose while a worker is free."""
+        while self._proposing() and len(self.running) < self.workers:
+            k = len(self.proposals)
+            while self._wants_result(k):
+                if not self._committable(self.committed):
+                    return  # the next result in proposal order is still training
+                self._commit(self._result_of(self.committed))
+            if not self._can_propose():
+                return
             record = self._propose()
             self.journal.append(record)
-            original = record.get("duplicate_of")
-            if original is None:
+            if "duplicate_of" not in record:
                 self._submit(evaluator, record["index"])
-            elif original in self.results:
-                self._reuse(record["index"], self.results[original])
-            else:
-                self.waiting.setdefault(original, []).append(record["index"])
-            if self.repeats >= self.max_repeats:
-                self.exhausted = True
-                self.notes.append(f"stopped early: the last {self.max_repeats} proposals all repeated "
-                                         "architectures already evaluated (the space is exhausted)")
+        if not self._proposing():  # the rest enter the journal as their turn comes
+            while self._committable(self.committed):
+                self._commit(self._result_of(self.committed))
+            if self.committed == len(self.proposals) and self.pending.path.exists():
+                self.pending.path.unlink()  # every pending result is in the journal now
+
+    def _commit(self, record: dict[str, Any]) -> None:
+        self.journal.append(record)
+        self._observe(record)
+        self._emit()
 
     def _submit(self, evaluator: Evaluator, index: int) -> None:
         self.running.add(index)
@@ -212,22 +272,8 @@ class Scheduler:
                       timing={k: round(v, 3) for k, v in result.get("timing", {}).items()},
                       started=round(outcome.started, 3), finished=round(outcome.finished, 3),
                       worker=outcome.worker)
-        self.journal.append(record)
-        self._observe(record)
-        self._emit()
-        for j in self.waiting.pop(index, []):
-            self._reuse(j, record)
-
-    def _reuse(self, index: int, original: dict[str, Any]) -> None:
-        p = self.proposals[index]
-        now = round(time.time(), 3)
-        record = dict(index=index, kind="eval", arch=p["arch"], **self.base, origin=p["origin"], parent=p["parent"],
-                      **self._fidelity(p), params=original.get("params"), flops=original.get("flops"),
-                      activations=original.get("activations"), status=original["status"],
-                      reason=original.get("reason"), metrics=original.get("metrics", {}), seconds=0.0,
-                      started=now, finished=now, worker=None, duplicate_of=original["index"])
-        self.journal.append(record)
-        self._observe(record)
+        self.pending.append(record)  # on disk before anything else: a kill now loses nothing
+        self.finished[index] = record
         self._emit()
 
     @staticmethod
@@ -240,30 +286,50 @@ class Scheduler:
 
     # ------------------------------------------------------------------ resume
 
-    def replay(self, records: Iterable[dict[str, Any]]) -> None:
-        """Bring strategy and state to where the journal ends, checking every proposal against it."""
+    def replay(self, records: Iterable[dict[str, Any]], pending: Iterable[dict[str, Any]] = ()) -> None:
+        """Bring strategy and state to where the journal ends, checking every line against the live rules.
+
+        ``pending``: the records of ``<journal>.pending`` (finished, not yet in the journal).
+        """
+        results: deque[dict[str, Any]] = deque()  # eval lines read, not yet observed
         for r in records:
             kind = r.get("kind", "eval")
-            if kind == "proposal":
+            if kind == "eval":
+                results.append(r)
+            elif kind == "proposal":
+                k = r.get("index")
+                while self._wants_result(len(self.proposals)):
+                    if not results:
+                        raise ReplayError(f"record {k}: proposed before the result of {self.committed} was "
+                                          "known; the journal belongs to another search (other --lag?)")
+                    self._replay_result(results.popleft())
+                if results:
+                    raise ReplayError(f"record {results[0].get('index')}: a result journaled earlier than this "
+                                      "search observes it; the journal belongs to another search (other --lag?)")
                 self._replay_proposal(r)
-            elif kind == "eval":
-                index = r.get("index")
-                if index not in self.proposals:  # written by an einc that journaled no proposals
-                    self._replay_proposal(r)
-                if index in self.results:
-                    raise ReplayError(f"record {index} is evaluated twice; the journal was edited or merged")
-                self._observe(r)
-        for index in sorted(self.proposals):  # repeats whose original finished just before the stop
-            original = self.proposals[index].get("duplicate_of")
-            if index in self.results or original is None:
-                continue
-            if original in self.results:
-                self._reuse(index, self.results[original])
-            else:
-                self.waiting.setdefault(original, []).append(index)
+        while results:  # results journaled after the last proposal (the search was ending, or stopped)
+            self._replay_result(results.popleft())
+        for r in pending:
+            index = r.get("index")
+            if isinstance(index, int) and self.committed <= index < len(self.proposals) \
+                    and "duplicate_of" not in self.proposals[index]:
+                if r.get("arch") != self.proposals[index]["arch"]:
+                    raise ReplayError(f"pending record {index} holds a different architecture than its proposal")
+                self.finished[index] = r
+
+    def _replay_result(self, r: dict[str, Any]) -> None:
+        index = r.get("index")
+        if index != self.committed or index >= len(self.proposals):
+            where = "is evaluated twice" if isinstance(index, int) and index < self.committed else "is out of order"
+            raise ReplayError(f"record {index} {where}; the journal was edited, merged, or written by an "
+                              "einc that journaled results in the order they finished")
+        if r.get("arch") != self.proposals[index]["arch"] or \
+                r.get("duplicate_of") != self.proposals[index].get("duplicate_of"):
+            raise ReplayError(f"record {index}: its result does not match its proposal; the journal was edited")
+        self._observe(r)
 
     def _replay_proposal(self, r: dict[str, Any]) -> None:
-        if not (self.strategy.ready() or self._promotion() is not None):
+        if not self._can_propose():
             raise ReplayError(f"record {r.get('index')}: this search could not have proposed it yet; "
                               "the journal belongs to another search")
         record = self._propose()
@@ -273,7 +339,11 @@ class Scheduler:
 
     @property
     def finished_trainings(self) -> int:
-        return sum(1 for i in self.results if "duplicate_of" not in self.results[i])
+        return sum(1 for r in self.results.values() if "duplicate_of" not in r) + len(self.finished)
+
+    def known(self) -> list[dict[str, Any]]:
+        """Every result so far, journaled or pending (for progress: the journal's order is the strategy's)."""
+        return [*self.results.values(), *self.finished.values()]
 
     def evaluations(self) -> list[dict[str, Any]]:
         return [self.results[i] for i in sorted(self.results)]

@@ -20,6 +20,7 @@ from typing import Any
 from einc.errors import EinError
 
 from .journal import Journal
+from .schedule import LAG
 
 STRATEGIES = ("rs", "re", "sample")
 
@@ -54,6 +55,7 @@ class SearchConfig:
     plugins: tuple[str, ...] = ()  # Python files adding operations to the grammar's library
     fidelity: tuple[int, ...] = ()  # epochs per rung of successive halving; () = every evaluation `epochs`
     eta: int = 3  # the best 1/eta of a rung is promoted to the next
+    lag: int = LAG  # proposal k sees the results of proposals < k - lag (runtime/schedule.py: determinism)
     amp: bool | None = None  # bfloat16 autocast on CUDA; None: where it pays (runtime/train.py)
     graphs: bool | None = None  # CUDA-graph training steps; None: on for CUDA
     max_params: int = 25_000_000
@@ -67,6 +69,8 @@ class SearchConfig:
             raise SearchError(f'strategy "{self.strategy}" is not one of {", ".join(STRATEGIES)}')
         if min(self.budget, self.workers, self.epochs, self.population, self.tournament) < 1:
             raise SearchError("budget, workers, epochs, population and tournament must be positive")
+        if self.lag < 0:
+            raise SearchError(f"lag={self.lag}: a number of proposals, 0 or more")
         self.seeds, self.seed_names, self.plugins = tuple(self.seeds), tuple(self.seed_names), tuple(self.plugins)
         self.fidelity = tuple(self.fidelity)
         if self.fidelity and (list(self.fidelity) != sorted(set(self.fidelity)) or min(self.fidelity) < 1):
@@ -141,21 +145,28 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
         if not cfg_path.exists():
             raise SearchError(f"{out}: error: nothing to resume (no config.json)")
         config = SearchConfig.load(cfg_path)
+        if "lag" not in json.loads(cfg_path.read_text()):
+            raise SearchError(f"{cfg_path}: error: this search was recorded by einc 0.1.0, which journaled results "
+                              "in the order they finished; einc now keeps them in proposal order, so it cannot "
+                              "continue it (the journal is kept as it is, and `einc report` still reads it)")
     else:
         if journal.path.exists() and journal.path.stat().st_size:
             raise SearchError(f"{journal.path}: error: a search is already recorded here; "
                               "add --resume to continue it, or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(cfg_path, json.dumps(asdict(config), indent=2) + "\n")
+        Path(str(journal.path) + ".pending").unlink(missing_ok=True)  # results of a journal that is gone
 
     started = time.time()
     own = evaluator is None
-    if own:  # workers import torch and load the data while this process sets up
+    if own:
         evaluator = LocalEvaluator(workers=config.workers, time_limit=config.time_limit,
                                    threads=threads_per_worker(config.workers),
                                    prepare=functools.partial(prepare, **config.job_context(),
-                                                             workers=config.workers)).start()
+                                                             workers=config.workers))
     try:
+        if own:  # workers import torch and load the data while this process sets up
+            evaluator.start()
         grammar, data, strategy = _setup(config)
         shape = data.input_shape
         notes = []
@@ -181,7 +192,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
         def on_event(s: Scheduler) -> None:
             progress.done = s.finished_trainings
-            best = best_of(list(s.results.values()))
+            best = best_of(s.known())
             progress.best = fitness(best) if best else None
             if on_progress:
                 on_progress(progress)
@@ -189,9 +200,9 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
         scheduler = Scheduler(strategy, journal, budget=config.budget, workers=config.workers, job_for=job_for,
                               describe=describe, base={"grammar_hash": grammar.hash, "seed": config.seed,
                                                        "strategy": config.strategy}, on_event=on_event,
-                              rungs=config.fidelity or (config.epochs,), eta=config.eta)
+                              rungs=config.fidelity or (config.epochs,), eta=config.eta, lag=config.lag)
         try:
-            scheduler.replay(records)
+            scheduler.replay(records, scheduler.pending.records() if records else ())
         except ReplayError as e:
             raise SearchError(f"{journal.path}: error: {e}") from None
         on_event(scheduler)
