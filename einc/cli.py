@@ -440,7 +440,10 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling, mutation and training.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda when present]")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
-              help="Candidates trained at once, each in its own process.")
+              help="Candidates trained at once, each in its own process; the results do not depend on it.")
+@click.option("--lag", type=click.IntRange(0), default=None,
+              help="Proposal k is made from the results of proposals before k - LAG, in proposal order, so a "
+                   "seed gives one journal whatever --workers is; more than LAG / 2 workers may wait [default: 8].")
 @click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds one evaluation may take before it counts as failed.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile each candidate (for GPUs).")
@@ -460,7 +463,7 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @_budget_options
 @_plugin_option
 def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fidelity, eta, population,
-           tournament, lr, batch_size, seed, device, workers, time_limit, compile_model, amp, graphs, out, resume,
+           tournament, lr, batch_size, seed, device, workers, lag, time_limit, compile_model, amp, graphs, out, resume,
            plugins, **kw) -> None:
     """Search GRAMMAR's space on a dataset; results survive a crash (--resume).
 
@@ -487,7 +490,8 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
                           fidelity=fidelity or (), eta=eta,
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                           time_limit=time_limit, workers=workers, compile=compile_model, amp=amp, graphs=graphs,
-                          plugins=tuple(str(Path(f).resolve()) for f in plugins), **kw)
+                          plugins=tuple(str(Path(f).resolve()) for f in plugins),
+                          **({} if lag is None else {"lag": lag}), **kw)
     if ray_address is not None:
         from einc.runtime.cluster import RayMissing, resume_command, search_evaluator
 

@@ -187,8 +187,9 @@ class Scheduler:
         self.proposals[index], self.trees[index] = record, p.tree
         if self.repeats >= self.max_repeats:
             self.exhausted = True
-            self.notes.append(f"stopped early: the space looks exhausted: {len(self.first)} distinct "
-                              f"architectures found, then {self.max_repeats} proposals in a row repeated them; the "
+            found = f"{len(self.first)} distinct architecture" + ("s" if len(self.first) > 1 else "")
+            self.notes.append(f"stopped early: the space looks exhausted: {found} found, then "
+                              f"{self.max_repeats} proposals in a row repeated them; the "
                               "grammar, within its budgets (--max-params, --max-flops, ...), seems to hold no more")
         return record
 

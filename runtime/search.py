@@ -175,6 +175,10 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
             note = settings_note(config.amp, config.graphs, pick_device(config.device))
             notes += [note.removeprefix("note: ")] if note else []
+        if config.workers > max(1, config.lag // 2):
+            notes.append(f"{config.workers} workers with lag {config.lag}: workers may wait for results in proposal "
+                         f"order; --lag {2 * config.workers} keeps them busy (the journal depends on the lag, "
+                         "not on the workers)")
         records = journal.records()
         for r in records:
             if r.get("grammar_hash") not in (None, grammar.hash):

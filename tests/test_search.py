@@ -57,6 +57,18 @@ def test_the_readme_setting_trains_as_many_distinct_networks_as_the_budget(tmp_p
     assert all(r["origin"] == "mutation" for r in trained[1:])
 
 
+@pytest.mark.parametrize("strategy", ["re", "rs", "sample"])
+def test_a_space_of_one_architecture_ends_at_once_and_says_so(tmp_path, strategy):
+    grammar = tmp_path / "one.ein"
+    grammar.write_text("start S(shape=(1, 8, 8))\nS -> sequential: Conv Conv\n"
+                       "Conv -> im2col(k=3, s=1, p=1) linear(d=16) col2im\n")
+    cfg = SearchConfig(grammar=str(grammar), data="digits10", strategy=strategy, budget=2, population=4, workers=2)
+    summary = run_search(cfg, tmp_path / "o", evaluator=FakeEvaluator(2))
+    records = Journal(tmp_path / "o" / "journal.jsonl").records()
+    assert summary["trained"] == 1 and len(records) < 50  # not hundreds of repeated lines
+    assert any("1 distinct architecture found" in n and "exhausted" in n for n in summary["notes"])
+
+
 def test_a_search_whose_every_evaluation_fails_says_so_and_claims_no_files(tmp_path):
     summary = run_search(SearchConfig(strategy="rs", **TINY), tmp_path, evaluator=FakeEvaluator(fails=lambda a: True))
     assert summary["best_index"] is None and summary["failures"] == ["TrainError"]
