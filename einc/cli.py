@@ -50,6 +50,17 @@ class _Group(click.Group):
     any other exception is a bug in einc and keeps its traceback (``_internal_error``)."""
 
     def invoke(self, ctx):
+        import warnings
+
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.startswith("einc"):  # einc's own warnings are located lines already
+                click.echo(str(message), err=True)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
         try:
             return super().invoke(ctx)
         except EinError as e:
@@ -66,6 +77,8 @@ class _Group(click.Group):
             _internal_error()
         except Exception:
             _internal_error()
+        finally:
+            warnings.showwarning = default
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -107,7 +107,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     r = runner.invoke(main, ["search", "--strategy", "xx"])
     assert r.exit_code == 2
     (tmp_path / "o2").mkdir()
-    (tmp_path / "o2" / "journal.jsonl").write_text('{"index": 0}\nnot json\n{"index": 1}\n')
+    (tmp_path / "o2" / "journal.jsonl").write_text('{"kind": "session", "started": 0}\nnot json\n{"index": 1}\n')
     (tmp_path / "o2" / "config.json").write_text(json.dumps(asdict(SearchConfig(**TINY))))
     r = runner.invoke(main, ["search", "--out", str(tmp_path / "o2"), "--resume"])
     assert r.exit_code == 1 and "journal.jsonl:2" in r.output and "Traceback" not in r.output
