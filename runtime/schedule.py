@@ -33,8 +33,8 @@ architecture trains for ``rungs[0]`` epochs; whenever a worker is free, an evalu
 best ``1/eta`` of the finished ones at its rung is promoted first (a ``proposal`` with origin
 ``promotion``, trained from scratch for the next rung's epochs: the cosine schedule depends on
 the total, so continuing would not give the same network), else the strategy proposes. A
-candidate's score is ``rung + accuracy``, so any score from a higher rung beats every score from
-a lower one and scores within a rung compare as accuracies; a promoted candidate competes in
+candidate's score is ``(rung, fitness)`` (runtime/goal.py), so any score from a higher rung beats
+every score from a lower one and scores within a rung compare by the search's metric; a promoted candidate competes in
 evolution's tournaments with its newest score (``Strategy.rescore``). Promotions count
 against the budget like any training.
 """
@@ -50,6 +50,7 @@ from einc.errors import EinError
 from einc.notation import show
 from einc.tree import Expansion
 
+from .goal import ACCURACY, Goal, Score
 from .journal import Journal
 from .strategies import Avoid, Proposal
 from .workers import Evaluator, Job, Outcome
@@ -72,26 +73,19 @@ class Strategy(Protocol):
 
     def propose(self, avoid: Avoid) -> Proposal: ...
 
-    def observe(self, index: int, tree: Expansion, fitness: float | None) -> None: ...
+    def observe(self, index: int, tree: Expansion, score: Score | None) -> None: ...
 
-    def rescore(self, index: int, fitness: float | None) -> None: ...
+    def rescore(self, index: int, score: Score | None) -> None: ...
 
 
 def fitness(record: dict[str, Any]) -> float | None:
-    """Validation accuracy, or None for a failed evaluation."""
-    return record.get("metrics", {}).get("val_acc") if record.get("status") == "ok" else None
+    """Validation accuracy, or None for a failed evaluation (the default goal's value)."""
+    return ACCURACY.value(record)
 
 
-def score(record: dict[str, Any]) -> float | None:
-    """What a strategy is told and what picks the best: ``rung + accuracy`` (rung 0 without multi-fidelity)."""
-    acc = fitness(record)
-    return None if acc is None else record.get("rung", 0) + acc
-
-
-def best(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best(records: list[dict[str, Any]], goal: Goal = ACCURACY) -> dict[str, Any] | None:
     """The evaluation with the highest score (the highest rung first), earliest on ties."""
-    ok = [r for r in records if r.get("kind", "eval") == "eval" and score(r) is not None]
-    return max(ok, key=lambda r: (score(r), -r["index"])) if ok else None
+    return goal.best(records)
 
 
 class Scheduler:
@@ -101,18 +95,18 @@ class Scheduler:
     ``describe(tree)`` the static facts journaled with it (params, FLOPs). ``base`` keys go
     into every line (grammar hash, seed, strategy). ``rungs`` (epochs per rung) and ``eta``
     turn on multi-fidelity; with one rung every evaluation trains for ``rungs[0]`` epochs.
-    ``lag`` is the determinism window of the module docstring: part of what a search is, unlike
-    ``workers``.
+    ``goal`` ranks evaluations (runtime/goal.py). ``lag`` is the determinism window of the
+    module docstring: part of what a search is, unlike ``workers``.
     """
 
     def __init__(self, strategy: Strategy, journal: Journal, *, budget: int, workers: int,
                  job_for: Callable[[int, Expansion, str, int], Job],
                  describe: Callable[[Expansion], dict[str, Any]], base: dict[str, Any],
                  on_event: Callable[[Scheduler], None] | None = None, max_repeats: int = MAX_REPEATS,
-                 rungs: tuple[int, ...] = (1,), eta: int = 3, lag: int = LAG):
+                 rungs: tuple[int, ...] = (1,), eta: int = 3, lag: int = LAG, goal: Goal = ACCURACY):
         if not rungs or eta < 2 or lag < 0:
             raise ValueError("multi-fidelity needs at least one rung and eta >= 2; lag must be >= 0")
-        self.rungs, self.eta, self.lag = tuple(rungs), eta, lag
+        self.rungs, self.eta, self.lag, self.goal = tuple(rungs), eta, lag, goal
         self.promoted: set[int] = set()               # evaluations already promoted to the next rung
         self.root: dict[int, int] = {}                # promotion -> the index that first proposed its arch
         self.strategy, self.journal, self.max_repeats = strategy, journal, max_repeats
@@ -138,7 +132,8 @@ class Scheduler:
         for rung in range(len(self.rungs) - 2, -1, -1):
             done = [r for r in self.results.values()
                     if r.get("rung", 0) == rung and "duplicate_of" not in r]
-            ok = sorted(((r, f) for r in done if (f := fitness(r)) is not None), key=lambda t: (-t[1], t[0]["index"]))
+            ok = sorted(((r, f) for r in done if (f := self.goal.fitness(r)) is not None),
+                        key=lambda t: (-t[1], t[0]["index"]))
             for r, _ in ok[:len(done) // self.eta]:
                 if r["index"] not in self.promoted:
                     return r["index"]
@@ -198,9 +193,9 @@ class Scheduler:
         self.results[index] = record
         self.committed = index + 1
         if index in self.root:
-            self.strategy.rescore(self.root[index], score(record))
+            self.strategy.rescore(self.root[index], self.goal.score(record))
         else:
-            self.strategy.observe(index, self.trees[index], score(record))
+            self.strategy.observe(index, self.trees[index], self.goal.score(record))
 
     def _result_of(self, index: int) -> dict[str, Any]:
         """The eval record of a committable ``index``: its training's, or a copy of its original's."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from einc.errors import EinError
 
+from .goal import ACCURACY, Goal
 from .journal import Journal
 from .schedule import LAG
 
@@ -85,6 +86,10 @@ class SearchConfig:
                 "weight_decay": self.weight_decay, "batch_size": self.batch_size, "seed": self.seed,
                 "time_limit": self.time_limit, "amp": self.amp, "graphs": self.graphs}
 
+    def goal(self) -> Goal:
+        """The metric this search optimises and its direction (runtime/goal.py)."""
+        return ACCURACY
+
     def job_context(self) -> dict[str, Any]:
         """What every evaluation job needs besides its architecture (plain data: it travels to workers)."""
         return {"grammar": self.grammar, "plugins": self.plugins, "data": self.data, "data_seed": self.data_seed,
@@ -135,8 +140,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     import functools
 
     from .candidate import evaluate, final_test, prepare
-    from .schedule import ReplayError, Scheduler, fitness
-    from .schedule import best as best_of
+    from .schedule import ReplayError, Scheduler
     from .workers import Job, LocalEvaluator
 
     out = Path(out)
@@ -186,6 +190,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
                                   f"of grammar {config.grammar}; resume with the grammar it was started with")
 
         progress = Progress(total=config.budget)
+        goal = config.goal()
 
         def describe(tree) -> dict[str, Any]:
             inf = grammar.architecture(tree).infer(shape)
@@ -196,15 +201,16 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
         def on_event(s: Scheduler) -> None:
             progress.done = s.finished_trainings
-            best = best_of(s.known())
-            progress.best = fitness(best) if best else None
+            best = goal.best(s.known())
+            progress.best = goal.value(best) if best else None
             if on_progress:
                 on_progress(progress)
 
         scheduler = Scheduler(strategy, journal, budget=config.budget, workers=config.workers, job_for=job_for,
                               describe=describe, base={"grammar_hash": grammar.hash, "seed": config.seed,
                                                        "strategy": config.strategy}, on_event=on_event,
-                              rungs=config.fidelity or (config.epochs,), eta=config.eta, lag=config.lag)
+                              rungs=config.fidelity or (config.epochs,), eta=config.eta, lag=config.lag,
+                              goal=goal)
         try:
             scheduler.replay(records, scheduler.pending.records() if records else ())
         except ReplayError as e:
@@ -217,7 +223,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
         scheduler.run(evaluator)
 
         final = next((r for r in records if r.get("kind") == "final"), None)
-        best = best_of(scheduler.evaluations())
+        best = goal.best(scheduler.evaluations())
         if final is None and best is not None:
             evaluator.submit(Job("final", final_test, dict(config.job_context(), arch=best["arch"],
                                                            train=config.train(config.final_epochs))))

@@ -1,8 +1,8 @@
 """Search strategies as pure proposal machines: no training, no files, no clocks.
 
-A strategy proposes architectures and is told their fitness (validation accuracy, or None
-for a failed evaluation) in whatever order evaluations finish: a steady-state search asks for
-a new proposal whenever a worker is free. Its only randomness is the ``random.Random`` it is
+A strategy proposes architectures and is told their score (``runtime.goal.Score``: rung, then the
+search's metric oriented so that larger is better; None for a failed evaluation) in proposal
+order, with a lag (runtime/schedule.py). Its only randomness is the ``random.Random`` it is
 given, so the same seed and the same sequence of proposals and observations give the same
 proposals: that is what lets a killed search resume by replaying its journal
 (runtime/schedule.py).
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from einc.mutate import mutate
 from einc.sample import Sampler, SamplingError
 from einc.tree import Expansion
+
+from .goal import Score
 
 Avoid = Callable[[Expansion], bool]
 """True for a tree the search has already proposed (evaluated or in flight)."""
@@ -59,10 +61,10 @@ class RandomSearch:
             tree = self.sampler.sample(self.rng)
         return Proposal(tree, None, "sample", retries)
 
-    def observe(self, index: int, tree: Expansion, fitness: float | None) -> None:
+    def observe(self, index: int, tree: Expansion, fitness: Score | None) -> None:
         pass
 
-    def rescore(self, index: int, fitness: float | None) -> None:
+    def rescore(self, index: int, fitness: Score | None) -> None:
         pass
 
 
@@ -70,7 +72,7 @@ class RandomSearch:
 class Member:
     index: int
     tree: Expansion
-    fitness: float | None
+    fitness: Score | None
 
 
 class RegularisedEvolution:
@@ -112,7 +114,7 @@ class RegularisedEvolution:
         retries = failures = 0
         while retries <= RETRIES and failures < 3:
             contenders = [self.rng.choice(self.population) for _ in range(self.tournament)]
-            parent = max(contenders, key=lambda m: -1.0 if m.fitness is None else m.fitness)
+            parent = max(contenders, key=lambda m: (m.fitness is not None, m.fitness or (0, 0.0)))
             try:
                 child = mutate(parent.tree, self.sampler, self.rng)
             except SamplingError:
@@ -123,13 +125,13 @@ class RegularisedEvolution:
             retries += 1
         return Proposal(self.sampler.sample(self.rng), None, "sample", retries)
 
-    def rescore(self, index: int, fitness: float | None) -> None:
+    def rescore(self, index: int, fitness: Score | None) -> None:
         """A member was trained again for longer (multi-fidelity): it competes with its new score, if still alive."""
         for k, m in enumerate(self.population):
             if m.index == index and fitness is not None:
                 self.population[k] = Member(index, m.tree, fitness)
 
-    def observe(self, index: int, tree: Expansion, fitness: float | None) -> None:
+    def observe(self, index: int, tree: Expansion, fitness: Score | None) -> None:
         self.population.append(Member(index, tree, fitness))
         if len(self.population) > self.size:
             self.population.popleft()  # the oldest dies, however fit
