@@ -118,6 +118,14 @@ def test_search_with_ray_workers_then_resume(cluster, tmp_path):
     r = CliRunner().invoke(main, ["search", "--ray", "--retries", "0", "--resume", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert len(_records(out)) == 4
+    # the same command on one local worker writes the same journal, timing and worker names aside
+    r = CliRunner().invoke(main, ["search", "--workers", "1", "--budget", "4", "--out", str(tmp_path / "local"),
+                                  *SEARCH])
+    assert r.exit_code == 0, r.output
+    timing = ("started", "finished", "seconds", "timing", "worker")
+    for kind in ("proposal", "eval", "final"):
+        assert [{k: v for k, v in e.items() if k not in timing} for e in _records(out, kind)] == \
+            [{k: v for k, v in e.items() if k not in timing} for e in _records(tmp_path / "local", kind)]
 
 
 def test_a_plugin_grammar_travels_without_a_shared_filesystem(cluster, tmp_path):
