@@ -17,6 +17,11 @@ grammar), ``infer`` (static shapes and costs), ``sample`` / ``mutate`` (new tree
 Two subpackages live in folders at the repository root, not under ``einc/``: ``einc.grammar``
 is ``grammar/`` (the notations' Lark files and bundled grammars) and ``einc.runtime`` is
 ``runtime/`` (search: data, training, workers, journal, strategies); pyproject.toml maps them.
+
+Searching from Python (runtime/study.py; docs/python-api.md): ``einc.search(objective, ...)``
+scores candidates with your ``objective(arch, ctx)`` in worker processes, and ``einc.Study`` is
+ask-and-tell (``trial = study.ask()``, ``study.tell(trial, score)``). They, ``einc.Trial``,
+``einc.TrialResult``, ``einc.SearchResult`` and ``einc.Context`` are imported when first used.
 """
 
 import importlib as _importlib
@@ -27,13 +32,20 @@ from .errors import EinError
 from .sample import Budget
 from .tree import Expansion, Fork, Leaf
 
-__all__ = ["Architecture", "Budget", "EinError", "Expansion", "Fork", "Grammar", "Leaf", "__version__", "build",
-           "compile_grammar", "load"]
+__all__ = ["Architecture", "Budget", "Context", "EinError", "Expansion", "Fork", "Grammar", "Leaf", "SearchResult",
+           "Study", "Trial", "TrialResult", "__version__", "build", "compile_grammar", "load", "search"]
+
+# the search API: imported on first use, so that ``import einc`` stays light (no runtime, no torch)
+_LAZY = {"search": "einc.runtime.study", "Study": "einc.runtime.study", "Trial": "einc.runtime.study",
+         "TrialResult": "einc.runtime.study", "SearchResult": "einc.runtime.study",
+         "Context": "einc.runtime.objective"}
 
 
 def __getattr__(name: str):
     """``einc.sample``, ``einc.mutate``, ``einc.emit`` ... after a plain ``import einc``: each
     submodule is imported when first used, so torch still loads only when a model is built."""
+    if name in _LAZY:
+        return getattr(_importlib.import_module(_LAZY[name]), name)
     if not name.startswith("_"):
         try:
             return _importlib.import_module(f"{__name__}.{name}")

@@ -126,3 +126,47 @@ def _run(fit, arch, grammar, plugins, data, data_seed, train, device, compile_mo
     finally:
         _forget_generated_code()
     return {"metrics": metrics, "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}
+
+
+@functools.lru_cache(maxsize=4)
+def _objective(blob: bytes):
+    """A shipped objective (runtime/objective.py), unpickled once per worker process."""
+    from .objective import unship
+
+    return unship(blob)
+
+
+def prepare_objective(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, objective: bytes) -> None:
+    """Run once as a worker of a user-objective search starts: grammar, data and the objective
+    itself (its imports), so that a function that cannot load here fails every job saying why."""
+    _grammar(grammar, tuple(plugins))
+    if data is not None:
+        _dataset(data, data_seed)
+    _objective(objective)
+
+
+def evaluate_objective(arch: str, grammar: Any, plugins: tuple[str, ...], objective: bytes,
+                       input_shape: tuple[int, ...], data: Any, data_seed: int, device: str | None, seed: int,
+                       epochs: int, time_limit: float | None, folder: str, index: int) -> dict[str, Any]:
+    """Score ``arch`` with the user's ``objective(arch, ctx)`` (runtime/objective.py); its score is
+    ``metrics["score"]``. ``timing["train"]`` is the time the function took."""
+    from pathlib import Path
+
+    from .objective import Context, metrics
+
+    t0 = time.perf_counter()
+    g = _grammar(grammar, tuple(plugins)) if isinstance(grammar, str) else grammar
+    shape = tuple(input_shape)
+    parsed = g.parse(arch, shape)
+    fn = _objective(objective)
+    ds = None if data is None else _dataset(data, data_seed)
+    where = Path(folder)
+    where.mkdir(parents=True, exist_ok=True)
+    ctx = Context(input_shape=shape, seed=seed, device=_device(device), epochs=epochs, time_limit=time_limit,
+                  data=ds, folder=where, index=index)
+    t1 = time.perf_counter()
+    try:
+        value = fn(parsed, ctx)
+    finally:
+        _forget_generated_code()
+    return {"metrics": metrics(value), "timing": {"build": t1 - t0, "train": time.perf_counter() - t1}}

@@ -35,7 +35,7 @@ class SearchConfig:
     """Everything that determines a search's proposals and scores; saved as config.json."""
 
     grammar: str = "einspace"
-    data: str = "digits"
+    data: str | None = "digits"  # None: no dataset (a user objective's search, with input_shape)
     data_seed: int = 0
     strategy: str = "re"
     seeds: tuple[str, ...] = ()  # architecture strings (files are read by the CLI)
@@ -64,6 +64,11 @@ class SearchConfig:
     max_activations: int = 32_000_000
     max_nodes: int = 2_000
     max_depth: int = 200
+    # the user's own objective (runtime/objective.py): "FILE.py:FUNC", "module:FUNC", the module:qualname
+    # of a Python function (einc.search), or "ask/tell" (einc.Study); None: train and score on data
+    objective: str | None = None
+    minimize: bool = False  # with an objective: smaller scores are better
+    input_shape: tuple[int, ...] | None = None  # with an objective and no data: the candidates' input
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -74,6 +79,12 @@ class SearchConfig:
             raise SearchError(f"lag={self.lag}: a number of proposals, 0 or more")
         self.seeds, self.seed_names, self.plugins = tuple(self.seeds), tuple(self.seed_names), tuple(self.plugins)
         self.fidelity = tuple(self.fidelity)
+        self.input_shape = None if self.input_shape is None else tuple(self.input_shape)
+        if self.data is None and (self.objective is None or self.input_shape is None):
+            raise SearchError("a search without data needs an objective of your own and an input shape "
+                              "(--objective and --input)" if self.objective is None else
+                              "a search of your own objective without data needs the candidates' input shape "
+                              "(--input, input_shape=)")
         if self.fidelity and (list(self.fidelity) != sorted(set(self.fidelity)) or min(self.fidelity) < 1):
             raise SearchError(f"fidelity {','.join(map(str, self.fidelity))}: epochs per rung must be positive "
                               "and increasing")
@@ -88,6 +99,8 @@ class SearchConfig:
 
     def goal(self) -> Goal:
         """The metric this search optimises and its direction (runtime/goal.py)."""
+        if self.objective is not None:  # the user's function returns metrics["score"]
+            return Goal("score", self.minimize)
         return ACCURACY
 
     def job_context(self) -> dict[str, Any]:
@@ -131,15 +144,19 @@ def threads_per_worker(workers: int) -> int:
 
 
 def run_search(config: SearchConfig, out: str | Path, resume: bool = False, evaluator=None,
-               on_progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+               on_progress: Callable[[Progress], None] | None = None,
+               objective: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Run (or resume) a search into folder ``out``; returns the summary (also written there).
 
     ``evaluator`` (an ``Evaluator``) replaces the local worker processes: a Ray cluster, or a
-    fake in tests. The caller then owns it and closes it.
+    fake in tests. The caller then owns it and closes it. With ``config.objective``, each candidate
+    is scored by the user's function (runtime/objective.py): ``objective`` when given (a function
+    of this session, shipped to the workers by value), else the one ``config.objective`` names;
+    there is then no final retrain on train + validation.
     """
     import functools
 
-    from .candidate import evaluate, final_test, prepare
+    from .candidate import evaluate, evaluate_objective, final_test, prepare, prepare_objective
     from .schedule import ReplayError, Scheduler
     from .workers import Job, LocalEvaluator
 
@@ -153,7 +170,9 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
             raise SearchError(f"{cfg_path}: error: this search was recorded by einc 0.1.0, which journaled results "
                               "in the order they finished; einc now keeps them in proposal order, so it cannot "
                               "continue it (the journal is kept as it is, and `einc report` still reads it)")
+        blob = _shipped_objective(config, objective)
     else:
+        blob = _shipped_objective(config, objective)  # before anything is written: a bad objective leaves nothing
         if journal.path.exists() and journal.path.stat().st_size:
             raise SearchError(f"{journal.path}: error: a search is already recorded here; "
                               "add --resume to continue it, or choose another --out")
@@ -164,17 +183,17 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     started = time.time()
     own = evaluator is None
     if own:
+        ready = functools.partial(prepare, **config.job_context(), workers=config.workers) if blob is None else \
+            functools.partial(prepare_objective, config.grammar, config.plugins, config.data, config.data_seed, blob)
         evaluator = LocalEvaluator(workers=config.workers, time_limit=config.time_limit,
-                                   threads=threads_per_worker(config.workers),
-                                   prepare=functools.partial(prepare, **config.job_context(),
-                                                             workers=config.workers))
+                                   threads=threads_per_worker(config.workers), prepare=ready)
     try:
         if own:  # workers import torch and load the data while this process sets up
             evaluator.start()
         grammar, data, strategy = _setup(config)
-        shape = data.input_shape
+        shape = data.input_shape if data is not None else config.input_shape
         notes = []
-        if own:  # a remote evaluator's devices are not this machine's
+        if own and blob is None:  # a remote evaluator's devices are not this machine's; an objective trains itself
             from .train import pick_device, settings_note
 
             note = settings_note(config.amp, config.graphs, pick_device(config.device))
@@ -197,6 +216,12 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
             return {"params": inf.params, "flops": inf.flops, "activations": inf.activations}
 
         def job_for(index: int, tree, text: str, epochs: int) -> Job:
+            if blob is not None:
+                return Job(str(index), evaluate_objective, dict(
+                    arch=text, grammar=config.grammar, plugins=config.plugins, objective=blob, input_shape=shape,
+                    data=config.data, data_seed=config.data_seed, device=config.device, seed=config.seed,
+                    epochs=epochs, time_limit=config.time_limit, folder=str((out / "trials" / str(index)).resolve()),
+                    index=index))
             return Job(str(index), evaluate, dict(config.job_context(), arch=text, train=config.train(epochs)))
 
         def on_event(s: Scheduler) -> None:
@@ -224,7 +249,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
         final = next((r for r in records if r.get("kind") == "final"), None)
         best = goal.best(scheduler.evaluations())
-        if final is None and best is not None:
+        if final is None and best is not None and blob is None:  # a user objective has no test split to score
             evaluator.submit(Job("final", final_test, dict(config.job_context(), arch=best["arch"],
                                                            train=config.train(config.final_epochs))))
             for outcome in evaluator.results():
@@ -242,8 +267,24 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
     from .report import write_outputs
 
-    return write_outputs(out, config, grammar, shape, data.num_classes, journal.records(),
+    classes = data.num_classes if data is not None else None  # None: no data, best.py is the backbone alone
+    return write_outputs(out, config, grammar, shape, classes, journal.records(),  # type: ignore[arg-type]
                          notes=tuple(notes + scheduler.notes))
+
+
+def _shipped_objective(config: SearchConfig, objective: Callable[..., Any] | None) -> bytes | None:
+    """The search's objective pickled for the workers (runtime/objective.py), or None for training on data."""
+    from .objective import ASK_TELL, load_objective, ship
+
+    if config.objective is None:
+        if objective is not None:
+            raise SearchError("an objective function was given, but the configuration names none (objective=)")
+        return None
+    if objective is None:
+        if config.objective == ASK_TELL:
+            raise SearchError("this search was an einc.Study (ask and tell): continue it with einc.Study(out=...)")
+        objective = load_objective(config.objective)
+    return ship(objective)
 
 
 def report_folder(out: str | Path) -> str:
@@ -256,8 +297,9 @@ def report_folder(out: str | Path) -> str:
         raise SearchError(f"{out}: error: not a search folder (no config.json)")
     config = SearchConfig.load(out / "config.json")
     grammar = _setup_grammar(config)
-    data = load_data_cached(config.data, config.data_seed)
-    summary = write_outputs(out, config, grammar, data.input_shape, data.num_classes,
+    data = None if config.data is None else load_data_cached(config.data, config.data_seed)
+    summary = write_outputs(out, config, grammar, data.input_shape if data is not None else config.input_shape,
+                            data.num_classes if data is not None else None,  # type: ignore[arg-type]
                             Journal(out / "journal.jsonl").records())
     return format_summary(summary, out)
 
@@ -276,8 +318,12 @@ def _setup(config: SearchConfig):
     from .strategies import RandomSearch, RegularisedEvolution
 
     grammar = _setup_grammar(config)
-    data = load_data_cached(config.data, config.data_seed)
-    shape = data.input_shape
+    data = None if config.data is None else load_data_cached(config.data, config.data_seed)
+    shape = data.input_shape if data is not None else config.input_shape
+    if data is not None and config.input_shape is not None and tuple(config.input_shape) != data.input_shape:
+        raise SearchError(f"input shape {','.join(map(str, config.input_shape))} is not the data's "
+                          f"({','.join(map(str, data.input_shape))}); leave it out with data")
+    shape = grammar.check_input(shape)
     budget = Budget(max_params=config.max_params, max_flops=config.max_flops,
                     max_activations=config.max_activations, max_nodes=config.max_nodes,
                     max_depth=config.max_depth)
