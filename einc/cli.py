@@ -430,8 +430,15 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 
 @main.command()
 @click.option("--grammar", default="einspace", show_default=True, help="A .ein file or a bundled grammar name.")
-@click.option("--data", default="digits", show_default=True,
-              help='"digits" (embedded, no download), an Unseen-NAS folder, or a .npz file.')
+@click.option("--data", default=None,
+              help='"digits" (embedded, no download), an Unseen-NAS folder, or a .npz file '
+                   "[default: digits; none with --objective].")
+@click.option("--objective", default=None, metavar="FILE.py:FUNC",
+              help="Score each candidate with your own FUNC(arch, ctx) instead of training it on --data "
+                   "(FILE.py:FUNC or module:FUNC): it returns a float, or a dict with score and other metrics.")
+@click.option("--minimize/--maximize", default=False,
+              help="With --objective: whether smaller scores are better [default: --maximize].")
+@_shape_option
 @click.option("--strategy", type=click.Choice(["rs", "re", "sample"]), default="re", show_default=True,
               help="Random search, regularised evolution, or random sampling.")
 @click.option("--seeds", "seed_files", multiple=True,
@@ -495,6 +502,15 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
     ray_address, gpus_per_eval, retries = kw.pop("ray_address"), kw.pop("gpus_per_eval"), kw.pop("retries")
     if ray_address is None and (gpus_per_eval is not None or retries is not None):
         _fail("error: --gpus-per-eval and --retries apply to --ray only", 2)
+    objective, input_shape = kw.pop("objective"), kw.pop("input_shape")
+    if objective is None and (input_shape is not None or kw["minimize"]):
+        _fail("error: --input and --minimize apply to --objective only (the data gives the input shape)", 2)
+    if objective is None and data is None:
+        data = "digits"
+    if objective is not None:  # a file is recorded by its absolute path, so that --resume finds it anywhere
+        where, _, func = objective.rpartition(":")
+        if where.endswith(".py") or os.sep in where:
+            objective = f"{Path(where).resolve()}:{func}"
     named = _seeds(seed_files)
     seeds = tuple(text for _, text in named)
     config = SearchConfig(grammar=grammar, data=data, strategy=strategy, seeds=seeds,
@@ -503,8 +519,8 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
                           fidelity=fidelity or (), eta=eta,
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                           time_limit=time_limit, workers=workers, compile=compile_model, amp=amp, graphs=graphs,
-                          plugins=tuple(str(Path(f).resolve()) for f in plugins),
-                          **({} if lag is None else {"lag": lag}), **kw)
+                          plugins=tuple(str(Path(f).resolve()) for f in plugins), objective=objective,
+                          input_shape=input_shape, **({} if lag is None else {"lag": lag}), **kw)
     if ray_address is not None:
         from einc.runtime.cluster import RayMissing, resume_command, search_evaluator
 
@@ -526,10 +542,21 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
             def show(p) -> None:
                 bar.total = p.total
                 bar.n = p.done
-                bar.set_postfix_str("best val " + ("n/a" if p.best is None else f"{100 * p.best:.2f}%"))
+                if config.objective is not None:
+                    bar.set_postfix_str("best score " + ("n/a" if p.best is None else f"{p.best:g}"))
+                else:
+                    bar.set_postfix_str("best val " + ("n/a" if p.best is None else f"{100 * p.best:.2f}%"))
                 bar.refresh()
 
-            summary = run_search(config, out, resume=resume, on_progress=show, evaluator=evaluator)
+            if resume and (Path(out) / "config.json").exists():
+                config = SearchConfig.load(Path(out) / "config.json")
+            if config.objective is not None:  # einc.search's path: the user's function scores each candidate
+                from einc.runtime.study import run
+
+                result = run(config, out, resume=resume, on_progress=show, evaluator=evaluator)
+                summary = result.summary
+            else:
+                summary = run_search(config, out, resume=resume, on_progress=show, evaluator=evaluator)
         except KeyboardInterrupt as e:  # Stopped by a signal, or a plain KeyboardInterrupt
             stopped = e
         finally:  # every wait in here is bounded; a second signal exits at once
@@ -539,6 +566,15 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
                 evaluator.close()
         if stopped is not None:
             _stopped(stopped, out, hint)
+        if config.objective is not None:
+            from einc.runtime.study import format_result
+
+            click.echo(format_result(result, config))
+            if result.best is None:
+                _fail(f"{out}: error: every evaluation failed "
+                      f"({', '.join(sorted({str(t.reason).split(':')[0] for t in result.trials}))}); "
+                      "nothing to report as best")
+            return
         click.echo(format_summary(summary, Path(out)))
         if summary["best_index"] is None:
             _fail(f"{out}: error: every evaluation failed "
