@@ -129,7 +129,8 @@ def compile_grammar(text: str, path: str = "<string>", library: Library = BUILTI
 
 
 def build(arch: Architecture, input_shape: tuple[int, ...], num_classes: int | None = None,
-          optimize: bool = True, check: bool = True, device: str | None = None) -> fx.GraphModule:
+          optimize: bool = True, check: bool = True, device: str | None = None,
+          output_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
     """A torch.fx GraphModule computing ``arch`` on batches of ``input_shape``.
 
     The stages, in order: the input's mode must be the one ``arch`` was parsed for; einc.lower
@@ -138,7 +139,11 @@ def build(arch: Architecture, input_shape: tuple[int, ...], num_classes: int | N
     model of ``device`` ("cpu", "cuda"; None: cuda if available, as einc.runtime trains); with
     ``check``, a batch of 2 runs and its output shape is compared with shape inference
     (einc.verify). ``num_classes`` adds the paper's head (B.1): mean over positions, then a
-    linear layer.
+    linear layer. ``output_shape`` picks the head by what it outputs per sample: ``(K,)`` is that
+    head with K outputs (classes, labels or regression values); ``(C', H', W')`` or ``(S', D')``
+    is the paper's dense head, the features average-pooled adaptively to the target's positions
+    and a linear map of channels to C' (D'): ``einc.build(arch, (1, 85, 85),
+    output_shape=(1, 85, 85))`` for Darcy Flow.
     """
     from .errors import LoweringError
     from .lower import lower
@@ -155,7 +160,8 @@ def build(arch: Architecture, input_shape: tuple[int, ...], num_classes: int | N
     if mode != arch.mode:
         raise LoweringError(f"the architecture was parsed for {arch.mode} inputs; {shape} is a "
                             f"{mode} input (parse it with this input shape)")
-    gm = lower(arch.tree, arch.grammar.library, shape, num_classes=num_classes, text=arch.text)
+    gm = lower(arch.tree, arch.grammar.library, shape, num_classes=num_classes, text=arch.text,
+               output_shape=output_shape)
     if optimize:
         run_passes(gm, device=device)
     if check:

@@ -40,7 +40,7 @@ from .errors import EinError, LoweringError, format_path
 from .infer import infer
 from .meta import BRANCH, FEATURE, INFO, PATH
 from .notation import show
-from .ops import IM, Feature, Features, Library, NotApplicable, is_builtin
+from .ops import COL, IM, Feature, Features, Library, NotApplicable, is_builtin
 from .tree import Expansion, Fork, Leaf, Node, Path, deep
 from .verify import lint
 
@@ -52,16 +52,20 @@ Branch = tuple[tuple[Path, int], ...]  # meta[BRANCH]: (fork path, copy index), 
 
 
 def lower(tree: Node, library: Library, input_shape: Sequence[int], num_classes: int | None = None,
-          text: str | None = None) -> fx.GraphModule:
+          text: str | None = None, output_shape: Sequence[int] | None = None) -> fx.GraphModule:
     """A GraphModule computing ``tree`` on batches of per-sample ``input_shape``; no passes run.
 
     ``num_classes`` appends the paper's head (B.1): mean over positions (H, W in Im mode, S in
-    Col mode), then ``nn.Linear(C or D, num_classes)`` named ``head``. ``text`` is the
+    Col mode), then ``nn.Linear(C or D, num_classes)`` named ``head``. ``output_shape`` chooses
+    the head by the shape it outputs per sample: ``(K,)`` is that head with K outputs (classes,
+    labels or values); ``(C', H', W')`` or ``(S', D')`` is the paper's dense head (``dense_head``).
+    ``text`` is the
     architecture string for messages and ``gm.meta["einc"]`` (default: ``show(tree)``). Shapes
     are inferred first (a ``ShapeError``, located, before any torch work); the inferred output
     shape is recorded as ``gm.meta["einc"]["output_shape"]`` and ``graph.lint()`` runs.
     """
     shape = tuple(input_shape)
+    target = head_shape(num_classes, output_shape)
     text = show(tree) if text is None else text
     inference = infer(tree, library, shape, text)
     ctx = _Context(library)
@@ -72,15 +76,40 @@ def lower(tree: Node, library: Library, input_shape: Sequence[int], num_classes:
     if len(nodes) != 1:
         raise LoweringError(f"the network ends in {len(nodes)} branches, not one feature")
     out = nodes[0]
-    if num_classes is not None:
-        out = ctx.head(out, features[0], num_classes)
+    if target is not None and len(target) == 1:
+        out = ctx.head(out, features[0], target[0])
+    elif target is not None:
+        out = ctx.dense_head(out, features[0], target)
     ctx.graph.output(out)
     gm = fx.GraphModule(ctx.root, ctx.graph, class_name="Net")
-    output = (num_classes,) if num_classes is not None else inference.output[0].shape
-    gm.meta[INFO] = {"arch": text, "input_shape": shape, "num_classes": num_classes,
-                     "output_shape": tuple(output), "init": dict(ctx.inits)}
+    output = target if target is not None else inference.output[0].shape
+    gm.meta[INFO] = {"arch": text, "input_shape": shape,
+                     "num_classes": target[0] if target is not None and len(target) == 1 else None,
+                     "output_shape": tuple(output), "init": dict(ctx.inits),
+                     "head": None if target is None else "dense" if len(target) > 1 else "pool"}
     lint(gm)
     return gm
+
+
+def head_shape(num_classes: int | None, output_shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """The per-sample shape a head outputs, from ``num_classes`` and/or ``output_shape``; None: no head."""
+    if output_shape is None:
+        return None if num_classes is None else (_positive(num_classes, "num_classes"),)
+    try:
+        target = tuple(_positive(n, "output_shape") for n in output_shape)
+    except TypeError:
+        raise EinError(f"output_shape {output_shape!r} is not a sequence of sizes") from None
+    if len(target) not in (1, 2, 3):
+        raise EinError(f"output_shape {target}: a head outputs (K,), (C, H, W) or (S, D) per sample")
+    if num_classes is not None and target != (num_classes,):
+        raise EinError(f"num_classes={num_classes} and output_shape={target} disagree; give one of them")
+    return target
+
+
+def _positive(n: object, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise EinError(f"{what}: sizes must be positive integers, not {n!r}")
+    return n
 
 
 # ---------------------------------------------------------------- the walk
@@ -228,3 +257,41 @@ class _Context:
         pooled.meta[FEATURE] = None
         self.root.add_module(HEAD, nn.Linear(width, num_classes))
         return self._node("call_module", HEAD, (pooled,), {}, name=HEAD)
+
+    def dense_head(self, node: fx.Node, feature: Feature, target: tuple[int, ...]) -> fx.Node:
+        """Paper B.1's dense head: the features are average-pooled adaptively to the target's positions,
+        then a linear map of the channels gives the target's channels at every position.
+
+        An image target (C', H', W'): Im features pool their H, W to H', W' and a 1x1 convolution (a
+        linear map of channels) maps C to C'; Col features (S, D) first gain a channel axis, as the
+        paper inserts one, so their S, D pool to H', W' and 1 channel maps to C'. A sequence target
+        (S', D'): the positions (S, or H*W of Im features) pool to S', then ``nn.Linear`` maps the
+        channels (D, or C) to D'.
+        """
+        self.path, self.branch = (), ()
+
+        def step(target_: str, *args: object) -> fx.Node:
+            n = self.call(target_, *args)
+            n.meta[FEATURE] = None
+            return n
+
+        if len(target) == 3:
+            c, h, w = target
+            if feature.mode == IM:
+                x, width = node, feature.shape[0]
+            else:
+                x, width = step(".unsqueeze", node, 1), 1
+            pooled = step("torch.nn.functional.adaptive_avg_pool2d", x, (h, w))
+            module: nn.Module = nn.Conv2d(width, c, kernel_size=1)
+        else:
+            s, d = target
+            if feature.mode == IM:
+                seq, width = step(".flatten", node, 2), feature.shape[0]          # (B, C, H*W)
+            else:
+                seq, width = step(".transpose", node, 1, 2), feature.shape[-1]    # (B, D, S)
+            pooled = step(".transpose", step("torch.nn.functional.adaptive_avg_pool1d", seq, s), 1, 2)
+            module = nn.Linear(width, d)
+        self.root.add_module(HEAD, module)
+        out = self._node("call_module", HEAD, (pooled,), {}, name=HEAD)
+        out.meta[FEATURE] = Feature(tuple(target), IM if len(target) == 3 else COL)
+        return out
