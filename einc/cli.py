@@ -99,6 +99,10 @@ def parse_shape(value: str | None) -> tuple[int, ...] | None:
     return shape
 
 
+TASKS = ("classification", "multilabel", "regression", "dense")  # runtime/task.py's kinds
+METRICS = ("accuracy", "error", "map", "auroc", "mse", "mae", "r2", "rel-l2")  # runtime/task.py's metrics
+
+
 def _shape_option(f):
     return click.option("--input", "input_shape", callback=lambda c, p, v: parse_shape(v),
                         help="Input shape without batch: C,H,W (Im mode) or S,D (Col mode).")(f)
@@ -191,6 +195,13 @@ def read_arch_argument(arg: str) -> tuple[str, str | None]:
 @_shape_option
 @click.option("--classes", type=click.IntRange(min=1), default=None,
               help="Add the classification head (paper B.1): mean over positions, linear to N classes.")
+@click.option("--output-shape", "output_shape", callback=lambda c, p, v: _output_shape(v), default=None,
+              help="Add the head that outputs this per sample: K (mean over positions, linear to K: classes, "
+                   "labels or values), or C,H,W / S,D (the paper's dense head: adaptive average pooling to the "
+                   "target's positions, linear to its channels), e.g. 1,85,85 for Darcy Flow.")
+@click.option("--task", "task", type=click.Choice(TASKS), default=None,
+              help="Check the head against a task: classification, multilabel and regression take "
+                   "--classes/--output-shape K, dense takes --output-shape C,H,W or S,D.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the PyTorch source here (default: print it).")
 @click.option("--no-optimize", is_flag=True,
@@ -203,7 +214,8 @@ def read_arch_argument(arg: str) -> tuple[str, str | None]:
                    "onnxruntime with torch; without -o, instead of the source. Needs einc[onnx].")
 @_plugin_option
 def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize: bool, show_summary: bool,
-             class_name: str, plugins: tuple[str, ...], onnx_path: str | None = None) -> None:
+             class_name: str, plugins: tuple[str, ...], onnx_path: str | None = None,
+             output_shape: tuple[int, ...] | None = None, task: str | None = None) -> None:
     """Compile an architecture to a standalone PyTorch file.
 
     ARCH is a bracket-notation string or the path of a file holding one.
@@ -213,6 +225,9 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
     if not class_name.isidentifier() or keyword.iskeyword(class_name):
         why = "a Python keyword" if keyword.iskeyword(class_name) else "not a Python identifier"
         raise click.BadParameter(f'"{class_name}" is {why}', param_hint="--class-name")
+    output_shape = _head_shape(task, classes, output_shape)
+    if output_shape is not None and len(output_shape) == 1:
+        classes, output_shape = output_shape[0], None  # the classification head's form: the same network
     text, source_path = read_arch_argument(arch)
     g = load(grammar, load_plugins(plugins))
     shape = input_shape or g.default_shape()
@@ -233,7 +248,7 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
     from .api import build
     from .emit import emit
 
-    gm = build(parsed, shape, num_classes=classes, optimize=not no_optimize)
+    gm = build(parsed, shape, num_classes=classes, optimize=not no_optimize, output_shape=output_shape)
     if onnx_path is not None:
         _export_onnx(gm, shape, onnx_path, parsed)
         if output is None:
@@ -248,6 +263,39 @@ def compile_(arch: str, grammar: str, input_shape, classes, output, no_optimize:
         _fail(f"{output}: error: cannot write: {e.strerror or type(e).__name__}")
     params = sum(p.numel() for p in gm.parameters())
     click.echo(f"wrote {output}: class {class_name}, {params:,} parameters", err=True)
+
+
+def _output_shape(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f'"{value}" is not a shape such as 10 or 1,85,85') from None
+    if len(shape) not in (1, 2, 3) or min(shape) < 1:
+        raise click.BadParameter(f'"{value}": an output is K, C,H,W or S,D of positive sizes')
+    return shape
+
+
+def _head_shape(task: str | None, classes: int | None, output_shape: tuple[int, ...] | None):
+    """What the head outputs per sample, from compile's --task, --classes and --output-shape."""
+    if classes is not None and output_shape is not None and output_shape != (classes,):
+        raise click.UsageError(f"--classes {classes} and --output-shape {','.join(map(str, output_shape))} "
+                               "disagree; give one of them")
+    target = output_shape or ((classes,) if classes is not None else None)
+    if task is None:
+        return target
+    if target is None:
+        raise click.UsageError(f"--task {task} needs the head's output: "
+                               + ("--output-shape C,H,W or S,D" if task == "dense"
+                                  else "--classes or --output-shape K"))
+    if (len(target) == 1) == (task == "dense"):
+        raise click.UsageError(f"--task {task} takes " + ("--output-shape C,H,W or S,D (the target's shape)"
+                                                          if task == "dense" else "one output size K")
+                               + f", not {','.join(map(str, target))}")
+    if classes is not None and task != "classification":
+        raise click.UsageError(f"--classes is for classification; a {task} task takes --output-shape")
+    return target
 
 
 def _num(x: float) -> float | str | None:
@@ -439,6 +487,12 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @click.option("--minimize/--maximize", default=False,
               help="With --objective: whether smaller scores are better [default: --maximize].")
 @_shape_option
+@click.option("--task", type=click.Choice(TASKS), default=None,
+              help="What the targets are: class indices, 0/1 labels (N,K), values (N or N,K), or targets with the "
+                   "inputs' rank [default: from the training targets; multilabel only when given].")
+@click.option("--metric", type=click.Choice(METRICS), default=None,
+              help="The validation metric searched for: accuracy, error (classification); map, auroc "
+                   "(multilabel); mse, mae, r2 (regression); rel-l2, mse, auroc (dense) [default: the first].")
 @click.option("--strategy", type=click.Choice(["rs", "re", "sample"]), default="re", show_default=True,
               help="Random search, regularised evolution, or random sampling.")
 @click.option("--seeds", "seed_files", multiple=True,
@@ -545,7 +599,7 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
                 if config.objective is not None:
                     bar.set_postfix_str("best score " + ("n/a" if p.best is None else f"{p.best:g}"))
                 else:
-                    bar.set_postfix_str("best val " + ("n/a" if p.best is None else f"{100 * p.best:.2f}%"))
+                    bar.set_postfix_str("best val " + ("n/a" if p.best is None else _progress_value(config, p.best)))
                 bar.refresh()
 
             if resume and (Path(out) / "config.json").exists():
@@ -579,6 +633,14 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
         if summary["best_index"] is None:
             _fail(f"{out}: error: every evaluation failed "
                   f"({', '.join(summary['failures']) or 'no reason recorded'}); nothing to report as best")
+
+
+def _progress_value(config, value: float) -> str:
+    """The best value so far as the progress bar shows it: accuracy as before, other metrics named."""
+    task = config.data_task()  # the data is loaded (and cached) by then
+    if task is None or task.metric == "accuracy":
+        return f"{100 * value:.2f}%"
+    return f"{task.metric} {task.format(value)}"
 
 
 def _stopped(e: KeyboardInterrupt, out: str, hint: str) -> None:

@@ -32,10 +32,13 @@ def _grammar(path: str, plugins: tuple[str, ...] = ()):
     return load_grammar(path, tuple(plugins))
 
 
-def _dataset(data: Any, data_seed: int):
+def _dataset(data: Any, data_seed: int, task: str | None = None, metric: str | None = None):
+    """The search's dataset as the task ``task`` scored by ``metric`` (None: inferred; runtime/task.py)."""
     from .data import load_data_cached
 
-    return load_data_cached(data, data_seed) if isinstance(data, str) else data
+    if isinstance(data, str):
+        return load_data_cached(data, data_seed, task=task, metric=metric)
+    return data.with_task(task, metric)
 
 
 def _device(requested: str | None) -> str:
@@ -54,7 +57,7 @@ def _device(requested: str | None) -> str:
 
 
 def prepare(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, device: str | None,
-            compile_model: bool = False, workers: int = 1) -> None:
+            compile_model: bool = False, workers: int = 1, task: str | None = None, metric: str | None = None) -> None:
     """Run once as a worker starts: imports, CUDA start, grammar, data on the device, so its first job
     starts at once. Workers sharing a GPU each get an equal share of its memory, so one greedy
     candidate runs out of memory alone instead of taking its neighbours down."""
@@ -68,17 +71,17 @@ def prepare(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, d
         sharing = -(-workers // max(1, torch.cuda.device_count()))
         if sharing > 1:
             limit_memory(0.95 / sharing, dev)
-    warm_up(dev, _dataset(data, data_seed), compile_model=compile_model)
+    warm_up(dev, _dataset(data, data_seed, task, metric), compile_model=compile_model)
 
 
-def _model(arch: str, grammar: Any, plugins: tuple[str, ...], input_shape: tuple[int, ...], num_classes: int,
-           compile_model: bool):
+def _model(arch: str, grammar: Any, plugins: tuple[str, ...], input_shape: tuple[int, ...],
+           output_shape: tuple[int, ...], compile_model: bool):
     import einc
 
     # a path or bundled name is loaded once per process; a compiled Grammar (from a remote backend) is used as is
     g = _grammar(grammar, tuple(plugins)) if isinstance(grammar, str) else grammar
     parsed = g.parse(arch, input_shape)
-    model: Any = einc.build(parsed, input_shape=input_shape, num_classes=num_classes)
+    model: Any = einc.build(parsed, input_shape=input_shape, output_shape=output_shape)  # the task's head
     if compile_model:
         import torch
 
@@ -96,30 +99,33 @@ def _forget_generated_code() -> None:
 
 
 def evaluate(arch: str, grammar: str, data: Any, data_seed: int, train: dict[str, Any], device: str | None,
-             compile_model: bool = False, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
+             compile_model: bool = False, plugins: tuple[str, ...] = (), task: str | None = None,
+             metric: str | None = None) -> dict[str, Any]:
     """Train ``arch`` on the train split and score it on the validation split."""
     from .train import train_and_score
 
-    return _run(train_and_score, arch, grammar, plugins, data, data_seed, train, device, compile_model)
+    return _run(train_and_score, arch, grammar, plugins, _dataset(data, data_seed, task, metric), train, device,
+                compile_model)
 
 
 def final_test(arch: str, grammar: str, data: Any, data_seed: int, train: dict[str, Any], device: str | None,
-               compile_model: bool = False, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
+               compile_model: bool = False, plugins: tuple[str, ...] = (), task: str | None = None,
+               metric: str | None = None) -> dict[str, Any]:
     """Retrain ``arch`` on train + validation and score it on the test split (paper B.1)."""
     from .train import retrain_and_test
 
-    return _run(retrain_and_test, arch, grammar, plugins, data, data_seed, train, device, compile_model)
+    return _run(retrain_and_test, arch, grammar, plugins, _dataset(data, data_seed, task, metric), train, device,
+                compile_model)
 
 
-def _run(fit, arch, grammar, plugins, data, data_seed, train, device, compile_model) -> dict[str, Any]:
+def _run(fit, arch, grammar, plugins, ds, train, device, compile_model) -> dict[str, Any]:
     import torch
 
     from .train import TrainConfig
 
     t0 = time.perf_counter()
-    ds = _dataset(data, data_seed)
     torch.manual_seed(train.get("seed", 0))
-    model, flops = _model(arch, grammar, plugins, ds.input_shape, ds.num_classes, compile_model)
+    model, flops = _model(arch, grammar, plugins, ds.input_shape, ds.output_shape, compile_model)
     t1 = time.perf_counter()
     try:
         metrics = fit(model, ds, TrainConfig(**train), _device(device), flops=flops)

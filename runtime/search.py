@@ -22,6 +22,7 @@ from einc.errors import EinError
 from .goal import ACCURACY, Goal
 from .journal import Journal
 from .schedule import LAG
+from .task import Task, TaskError, check_choice
 
 STRATEGIES = ("rs", "re", "sample")
 
@@ -59,6 +60,8 @@ class SearchConfig:
     lag: int = LAG  # proposal k sees the results of proposals < k - lag (runtime/schedule.py: determinism)
     amp: bool | None = None  # bfloat16 autocast on CUDA; None: where it pays (runtime/train.py)
     graphs: bool | None = None  # CUDA-graph training steps; None: on for CUDA
+    task: str | None = None  # runtime/task.py's kind; None: inferred from the training targets (runtime/data.py)
+    metric: str | None = None  # the task's metric; None: the kind's default (accuracy, map, mse, rel-l2)
     max_params: int = 25_000_000
     max_flops: int = 10_000_000_000
     max_activations: int = 32_000_000
@@ -90,6 +93,10 @@ class SearchConfig:
                               "and increasing")
         if self.eta < 2:
             raise SearchError(f"eta={self.eta}: successive halving keeps the best 1/eta, so eta must be >= 2")
+        try:
+            check_choice(self.task, self.metric)
+        except TaskError as e:
+            raise SearchError(str(e)) from None
 
     def train(self, epochs: int | None = None) -> dict[str, Any]:
         """Training settings of one job; ``epochs`` defaults to the longest any evaluation trains."""
@@ -101,12 +108,27 @@ class SearchConfig:
         """The metric this search optimises and its direction (runtime/goal.py)."""
         if self.objective is not None:  # the user's function returns metrics["score"]
             return Goal("score", self.minimize)
-        return ACCURACY
+        task = self.data_task()
+        return ACCURACY if task is None else task.goal
+
+    def data_task(self) -> Task | None:
+        """The task of this search's data (runtime/task.py), None without data."""
+        data = self.dataset()
+        return None if data is None else data.task
+
+    def dataset(self):
+        """This search's data as its task, loaded once per process (runtime/data.py); None without data."""
+        if self.data is None:
+            return None
+        from .data import load_data_cached
+
+        return load_data_cached(self.data, self.data_seed, task=self.task, metric=self.metric)
 
     def job_context(self) -> dict[str, Any]:
         """What every evaluation job needs besides its architecture (plain data: it travels to workers)."""
         return {"grammar": self.grammar, "plugins": self.plugins, "data": self.data, "data_seed": self.data_seed,
-                "device": self.device, "compile_model": self.compile}
+                "device": self.device, "compile_model": self.compile, "task": self.task,
+                "metric": self.metric}
 
     @classmethod
     def load(cls, path: Path) -> SearchConfig:
@@ -289,7 +311,6 @@ def _shipped_objective(config: SearchConfig, objective: Callable[..., Any] | Non
 
 def report_folder(out: str | Path) -> str:
     """Rewrite a search folder's summary and plot from its journal; the summary's text."""
-    from .data import load_data_cached
     from .report import format_summary, write_outputs
 
     out = Path(out)
@@ -297,7 +318,7 @@ def report_folder(out: str | Path) -> str:
         raise SearchError(f"{out}: error: not a search folder (no config.json)")
     config = SearchConfig.load(out / "config.json")
     grammar = _setup_grammar(config)
-    data = None if config.data is None else load_data_cached(config.data, config.data_seed)
+    data = None if config.data is None else config.dataset()
     summary = write_outputs(out, config, grammar, data.input_shape if data is not None else config.input_shape,
                             data.num_classes if data is not None else None,  # type: ignore[arg-type]
                             Journal(out / "journal.jsonl").records())
@@ -314,11 +335,10 @@ def _setup(config: SearchConfig):
     """Grammar, data and strategy of a search; the strategy's RNG starts from ``config.seed``."""
     from einc.sample import Budget, Sampler
 
-    from .data import load_data_cached
     from .strategies import RandomSearch, RegularisedEvolution
 
     grammar = _setup_grammar(config)
-    data = None if config.data is None else load_data_cached(config.data, config.data_seed)
+    data = None if config.data is None else config.dataset()
     shape = data.input_shape if data is not None else config.input_shape
     if data is not None and config.input_shape is not None and tuple(config.input_shape) != data.input_shape:
         raise SearchError(f"input shape {','.join(map(str, config.input_shape))} is not the data's "

@@ -1,7 +1,9 @@
 """Train and score one candidate network with the paper's recipe (4.1, B.1, Table 4).
 
-SGD (momentum 0.9, no Nesterov), cosine learning rate over all steps, cross-entropy, no
-augmentation. Datasets are small, so each split is moved to the device once per process (cached
+SGD (momentum 0.9, no Nesterov), cosine learning rate over all steps, the loss of the dataset's
+task (cross-entropy for classification; runtime/task.py), no augmentation. The validation (test)
+metric is the task's, computed over the whole split, under its journal key (``val_acc``,
+``val_rel_l2``, ...). Datasets are small, so each split is moved to the device once per process (cached
 while the ``Dataset`` lives) and batches are cut by indexing: no DataLoader, no worker processes.
 Failures a search should record rather than crash on are ``TrainError`` subclasses
 (``NonFiniteLoss``, ``TimeLimitExceeded``, ``OutOfMemory``).
@@ -34,7 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from einc.errors import EinError
+
 from .data import Dataset
+from .task import Task
 from .train_step import NonFiniteLoss, OutOfMemory, TimeLimitExceeded, TrainError, TrainStep
 
 # bf16 autocast pays once the tensor cores have enough work per sample. Measured on an H200
@@ -210,7 +215,8 @@ def clear_device_data() -> None:
 
 def train_and_score(model: nn.Module, data: Dataset, config: TrainConfig, device: str,
                     flops: int | None = None) -> dict[str, Any]:
-    """Train on ``train``, then score on ``valid``: ``{"val_acc", "train_loss", "epochs", "amp", "step"}``.
+    """Train on ``train``, then score on ``valid``: ``{"val_acc", "train_loss", "epochs", "amp", "step"}``,
+    the metric's key being the task's (``val_rel_l2``, ``val_auroc``, ...).
 
     ``flops`` (per sample, e.g. ``arch.infer(shape).flops``) decides ``amp=None``; when it is not
     given and the decision needs it, the model's forward pass on one sample is counted.
@@ -218,27 +224,33 @@ def train_and_score(model: nn.Module, data: Dataset, config: TrainConfig, device
     with _out_of_memory(model, device):
         deadline = _deadline(config)
         x, y = device_split(data, "train", device)
-        fit = _fit(model, x, y, data.num_classes, config, device, deadline, flops)
+        task = _task(data)
+        fit = _fit(model, x, y, task, config, device, deadline, flops)
         vx, vy = device_split(data, "valid", device)
-        acc = _accuracy(model, vx, vy, config, device, deadline, fit["amp"])
-        return {"val_acc": acc, **fit}
+        return {task.val_key: _score(model, vx, vy, task, config, device, deadline, fit["amp"]), **fit}
 
 
 def retrain_and_test(model: nn.Module, data: Dataset, config: TrainConfig, device: str,
                      flops: int | None = None) -> dict[str, Any]:
-    """Final evaluation: train on train + valid, score on test: ``{"test_acc", "train_loss", "epochs", ...}``."""
+    """Final evaluation: train on train + valid, score on test: ``{"test_acc", "train_loss", "epochs", ...}``
+    (the task's ``test_`` key)."""
     with _out_of_memory(model, device):
         deadline = _deadline(config)
         (tx_, ty_), (vx_, vy_) = device_split(data, "train", device), device_split(data, "valid", device)
         x, y = torch.cat([tx_, vx_]), torch.cat([ty_, vy_])
-        fit = _fit(model, x, y, data.num_classes, config, device, deadline, flops)
+        task = _task(data)
+        fit = _fit(model, x, y, task, config, device, deadline, flops)
         del x, y
         tx, ty = device_split(data, "test", device)
-        acc = _accuracy(model, tx, ty, config, device, deadline, fit["amp"])
-        return {"test_acc": acc, **fit}
+        return {task.test_key: _score(model, tx, ty, task, config, device, deadline, fit["amp"]), **fit}
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _task(data: Dataset) -> Task:
+    assert data.task is not None  # a Dataset always has one
+    return data.task
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -286,8 +298,9 @@ def _check_time(deadline: float | None, config: TrainConfig, done: str) -> None:
 
 
 def _tensors(x: np.ndarray, y: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # class indices stay int64; every other task's targets are float32 (runtime/data.py)
     return (torch.as_tensor(x, dtype=torch.float32).to(device),
-            torch.as_tensor(y, dtype=torch.int64).to(device))
+            torch.as_tensor(y, dtype=torch.int64 if y.dtype.kind in "iu" else torch.float32).to(device))
 
 
 def _autocast(amp: bool, device: str, graphs: bool = False) -> tuple[Any, torch.amp.GradScaler | None]:
@@ -312,7 +325,7 @@ def _batches(n: int, size: int, gen: torch.Generator, device: str) -> list[torch
     return [order[s:s + size] for s in _starts(n, size)]
 
 
-def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int, config: TrainConfig, device: str,
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: Task | int, config: TrainConfig, device: str,
          deadline: float | None, flops: int | None = None, capturer: Any = None) -> dict[str, Any]:
     """SGD with a per-step cosine schedule; returns ``{"train_loss" (mean of the last epoch), "epochs",
     "amp", "step"}`` and ``"graph_error"`` when a requested capture failed."""
@@ -327,7 +340,7 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int, confi
     graphs = use_graphs(config.graphs, device) or capturer is not None
     autocast, scaler = _autocast(amp, device, graphs)
     per_epoch = len(_starts(len(x), config.batch_size))
-    step = TrainStep(model, x, y, classes, lr=config.lr, momentum=config.momentum,
+    step = TrainStep(model, x, y, task, lr=config.lr, momentum=config.momentum,
                      weight_decay=config.weight_decay, steps=config.epochs * per_epoch,
                      batch_size=min(config.batch_size, len(x)), device=device, autocast=autocast, scaler=scaler,
                      graphs=graphs, capturer=capturer)
@@ -361,14 +374,20 @@ def _check_loss(total: torch.Tensor, epoch: int, step: int) -> None:
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, device: str,
-              deadline: float | None, amp: bool = False) -> float:
+def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: Task, config: TrainConfig, device: str,
+           deadline: float | None, amp: bool = False) -> float:
+    """The task's metric over the whole split (batches are kept, then scored together: AUROC, mAP and
+    r2 are not means of per-batch values)."""
     model.eval()
     autocast, _ = _autocast(amp, device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    kept = []
     for start in range(0, len(x), config.batch_size):
         with autocast():
             out = model(x[start:start + config.batch_size])
-        correct += (out.argmax(dim=1) == y[start:start + config.batch_size]).sum()
+        kept.append(task.keep(out))
         _check_time(deadline, config, "while scoring")
-    return int(correct) / max(1, len(x))
+    outputs = torch.cat(kept) if kept else torch.zeros((0, *task.output_shape))
+    try:
+        return task.score(outputs.cpu().numpy(), y.cpu().numpy())
+    except EinError as e:  # a metric undefined on this split (AUROC of one class)
+        raise TrainError(str(e)) from None

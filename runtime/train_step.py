@@ -28,6 +28,8 @@ from torch import nn
 
 from einc.errors import EinError
 
+from .task import Task
+
 WARMUP = 3  # eager full-batch steps before capture (PyTorch's whole-network recipe uses 3)
 
 
@@ -95,16 +97,20 @@ def cosine_schedule(lr: float, steps: int) -> list[float]:
 class TrainStep:
     """``step(idx)`` trains one step on ``x[idx], y[idx]`` (``idx`` an int64 tensor on the device).
 
+    ``task`` (runtime/task.py) gives the loss and the output shape checked on the first step; an
+    int is a classification task into that many classes.
+
     ``total`` is the sum of ``loss * batch`` since the caller last zeroed it (device tensor).
     After training, ``mode`` is "graph" when any step was replayed, else "eager";
     ``graph_error`` says why a requested capture failed (None otherwise).
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int, *, lr: float,
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: Task | int, *, lr: float,
                  momentum: float, weight_decay: float, steps: int, batch_size: int, device: str,
                  autocast: Callable[[], Any], scaler: Any = None, graphs: bool = False,
                  capturer: Capturer | None = None) -> None:
-        self.model, self.x, self.y, self.classes = model, x, y, classes
+        self.task = task if isinstance(task, Task) else Task("classification", None, (task,))
+        self.model, self.x, self.y = model, x, y
         self.device, self.batch_size = device, batch_size
         self.autocast, self.scaler = autocast, scaler
         params = [p for p in model.parameters() if p.requires_grad]
@@ -204,10 +210,13 @@ class TrainStep:
             out = self.model(xb)
             if self._check_shape:
                 self._check_shape = False
-                if tuple(out.shape) != (int(idx.numel()), self.classes):
+                want = (int(idx.numel()), *self.task.output_shape)
+                if tuple(out.shape) != want:
+                    what = "(batch, classes)" if self.task.kind == "classification" else \
+                        f"(batch, {self.task.kind} target)"
                     raise TrainError(f"the model's output has shape {tuple(out.shape)}; expected "
-                                     f"(batch, classes) = ({int(idx.numel())}, {self.classes})")
-            loss = nn.functional.cross_entropy(out.float(), yb)
+                                     f"{what} = {want}")
+            loss = self.task.loss(out.float(), yb)
         if self.scaler is None:
             loss.backward()
         else:

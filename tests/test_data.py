@@ -171,8 +171,10 @@ def bad(tmp_path: Path, key: str, value: np.ndarray | None) -> Path:
     ("valid_y", None, r'valid_y\.npy: error: missing split file "valid_y\.npy"'),
     ("train_y", np.zeros(19, np.int64), r'train_y\.npy: error: 19 labels for 20 inputs in "train_x"'),
     ("train_x", np.zeros((20, 16), np.float32),
-     r"train_x\.npy: error: inputs must be N x C x H x W; got shape \(20, 16\)"),
-    ("train_x", np.zeros((20, 4, 4), np.float32), r"add a channel axis"),
+     r"train_x\.npy: error: inputs must be N x C x H x W or N x S x D \(sequences, Col mode\); "
+     r"got shape \(20, 16\)"),
+    ("train_x", np.zeros((20, 4, 4), np.float32),  # a sequence set (Col mode) beside image splits
+     r'valid_x\.npy: error: samples have shape \(2, 4, 4\) but "train_x" samples have shape \(4, 4\)'),
     ("test_y", np.zeros((6, 1), np.int64), r"test_y\.npy: error: labels must be a vector"),
     ("valid_y", np.array([0, 1, 2, 3, 0, 1]), r"valid_y\.npy: error: label 3 of sample 3 is out of range; "
                                               r'"train_y" has classes 0\.\.2'),
