@@ -249,3 +249,35 @@ def test_a_main_objective_runs_in_one_and_two_workers_with_the_same_results(tmp_
     assert runs[1]["archs"] == runs[2]["archs"] and len(runs[1]["archs"]) == 8
     assert runs[1]["best"] == runs[2]["best"]
     assert runs[1]["workers"] == ["0"] and runs[2]["workers"] == ["0", "1"]
+
+
+RAY_SCRIPT = '''
+import json, logging
+import ray
+import einc
+from einc.runtime.cluster import RayEvaluator
+
+def objective(arch, ctx):  # lives in __main__: Ray actors get it by value too
+    return -arch.infer(ctx.input_shape).params
+
+if __name__ == "__main__":
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    kw = dict(input_shape=(3, 8, 8), strategy="rs", budget=4, seed=5, workers=2, max_params=100_000)
+    with RayEvaluator(2, address=None) as ev:
+        on_ray = einc.search(objective, evaluator=ev, **kw)
+    local = einc.search(objective, **kw)
+    ray.shutdown()
+    print(json.dumps([[t.score for t in on_ray.trials], [t.score for t in local.trials]]))
+'''
+
+
+@pytest.mark.slow
+def test_a_main_objective_runs_on_ray_as_locally(tmp_path):
+    pytest.importorskip("ray")
+    script = tmp_path / "ray_script.py"
+    script.write_text(RAY_SCRIPT)
+    p = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=180,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    on_ray, local = json.loads(p.stdout.strip().splitlines()[-1])
+    assert on_ray == local and len(on_ray) == 4 and all(s <= 0 for s in on_ray)
