@@ -220,6 +220,8 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 
             note = settings_note(config.amp, config.graphs, pick_device(config.device))
             notes += [note.removeprefix("note: ")] if note else []
+        if blob is not None:
+            notes.append("no final retrain on train + validation and test: your objective is the whole evaluation")
         if config.workers > max(1, config.lag // 2):
             notes.append(f"{config.workers} workers with lag {config.lag}: workers may wait for results in proposal "
                          f"order; --lag {2 * config.workers} keeps them busy (the journal depends on the lag, "

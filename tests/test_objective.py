@@ -125,6 +125,8 @@ def test_the_objective_scores_every_candidate_and_sees_its_context(tmp_path):
     kinds = [r["kind"] for r in Journal(tmp_path / "journal.jsonl").records()]
     assert "final" not in kinds  # no retrain on a test split: the objective is the whole evaluation
     assert summary["input_shape"] == list(SHAPE)
+    assert "no final retrain on train + validation and test: your objective is the whole evaluation" in \
+        summary["notes"]
 
 
 def test_goal_is_the_score_in_the_asked_direction():
@@ -224,15 +226,22 @@ import json, sys
 import einc
 
 def objective(arch, ctx):  # lives in __main__: shipped to the workers by value
-    return {"score": -arch.infer(ctx.input_shape).params, "worker": __import__("os").environ["EINC_WORKER"]}
+    return {"score": -arch.infer(ctx.input_shape).params, "worker": __import__("os").environ.get("EINC_WORKER")}
 
 if __name__ == "__main__":
     workers = int(sys.argv[1])
     r = einc.search(objective, input_shape=(3, 8, 8), strategy="re", population=4, tournament=2, budget=8,
                     workers=workers, seed=5, lag=2, max_params=100_000, max_flops=5_000_000,
                     max_activations=200_000)
+    study = einc.Study(input_shape=(3, 8, 8), strategy="re", population=4, tournament=2, seed=5, lag=2,
+                       max_params=100_000, max_flops=5_000_000, max_activations=200_000)
+    for _ in range(8):
+        trial = study.ask()
+        study.tell(trial, objective(trial.arch, einc.Context((3, 8, 8), 5, "cpu", 1, None, None, trial.folder,
+                                                             trial.index)))
     print(json.dumps({"best": [r.best.index, r.best.score], "archs": [t.arch.text for t in r.trials],
-                      "workers": sorted({t.metrics["worker"] for t in r.trials})}))
+                      "workers": sorted({t.metrics["worker"] for t in r.trials}),
+                      "study": [t.arch.text for t in study.trials]}))
 '''
 
 
@@ -248,6 +257,7 @@ def test_a_main_objective_runs_in_one_and_two_workers_with_the_same_results(tmp_
         runs[workers] = json.loads(p.stdout.strip().splitlines()[-1])
     assert runs[1]["archs"] == runs[2]["archs"] and len(runs[1]["archs"]) == 8
     assert runs[1]["best"] == runs[2]["best"]
+    assert runs[1]["study"] == runs[2]["study"] == runs[1]["archs"]  # ask and tell: the same trials
     assert runs[1]["workers"] == ["0"] and runs[2]["workers"] == ["0", "1"]
 
 
