@@ -510,6 +510,8 @@ def stats(grammar, input_shape, count, seed, p_stop, plugins, **kw) -> None:
 @click.option("--population", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--tournament", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.04, show_default=True)
+@click.option("--weight-decay", "weight_decay", type=click.FloatRange(0), default=3e-4, show_default=True,
+              help="SGD weight decay (the paper's per-task values: docs/tasks.md).")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling, mutation and training.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda when present]")

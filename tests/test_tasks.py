@@ -290,3 +290,20 @@ def test_each_kind_searches_from_the_cli(tmp_path, name, extra, line):
     assert summary[f"best_{key}"] is not None and (out / "best.py").exists() and (out / "plot.png").exists()
     if name == "darcy":
         assert summary["minimize"] and summary["best_val_rel_l2"] < 1.0  # beats predicting zeros
+
+
+def test_search_takes_the_papers_training_flags(tmp_path, monkeypatch):
+    import einc.runtime.search as search_module
+
+    seen = []
+
+    def fake(config, out, **kw):
+        seen.append(config)
+        raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(search_module, "run_search", fake)
+    args = ["search", "--data", "digits10", "--metric", "error", "--weight-decay", "5e-4", "--lr", "0.1",
+            "--final-epochs", "200", "--out", str(tmp_path / "o")]
+    CliRunner().invoke(main, args)
+    (config,) = seen
+    assert (config.weight_decay, config.lr, config.metric, config.final_epochs) == (5e-4, 0.1, "error", 200)
