@@ -142,18 +142,20 @@ def _objective(blob: bytes):
     return unship(blob)
 
 
-def prepare_objective(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, objective: bytes) -> None:
+def prepare_objective(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, objective: bytes,
+                      task: str | None = None, metric: str | None = None) -> None:
     """Run once as a worker of a user-objective search starts: grammar, data and the objective
     itself (its imports), so that a function that cannot load here fails every job saying why."""
     _grammar(grammar, tuple(plugins))
     if data is not None:
-        _dataset(data, data_seed)
+        _dataset(data, data_seed, task, metric)
     _objective(objective)
 
 
 def evaluate_objective(arch: str, grammar: Any, plugins: tuple[str, ...], objective: bytes,
                        input_shape: tuple[int, ...], data: Any, data_seed: int, device: str | None, seed: int,
-                       epochs: int, time_limit: float | None, folder: str, index: int) -> dict[str, Any]:
+                       epochs: int, time_limit: float | None, folder: str, index: int, task: str | None = None,
+                       metric: str | None = None) -> dict[str, Any]:
     """Score ``arch`` with the user's ``objective(arch, ctx)`` (runtime/objective.py); its score is
     ``metrics["score"]``. ``timing["train"]`` is the time the function took."""
     from pathlib import Path
@@ -165,7 +167,7 @@ def evaluate_objective(arch: str, grammar: Any, plugins: tuple[str, ...], object
     shape = tuple(input_shape)
     parsed = g.parse(arch, shape)
     fn = _objective(objective)
-    ds = None if data is None else _dataset(data, data_seed)
+    ds = None if data is None else _dataset(data, data_seed, task, metric)  # as its task (--task, --metric)
     where = Path(folder)
     where.mkdir(parents=True, exist_ok=True)
     ctx = Context(input_shape=shape, seed=seed, device=_device(device), epochs=epochs, time_limit=time_limit,

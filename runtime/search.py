@@ -206,7 +206,8 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     own = evaluator is None
     if own:
         ready = functools.partial(prepare, **config.job_context(), workers=config.workers) if blob is None else \
-            functools.partial(prepare_objective, config.grammar, config.plugins, config.data, config.data_seed, blob)
+            functools.partial(prepare_objective, config.grammar, config.plugins, config.data, config.data_seed, blob,
+                              config.task, config.metric)
         evaluator = LocalEvaluator(workers=config.workers, time_limit=config.time_limit,
                                    threads=threads_per_worker(config.workers), prepare=ready)
     try:
@@ -245,7 +246,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
                     arch=text, grammar=config.grammar, plugins=config.plugins, objective=blob, input_shape=shape,
                     data=config.data, data_seed=config.data_seed, device=config.device, seed=config.seed,
                     epochs=epochs, time_limit=config.time_limit, folder=str((out / "trials" / str(index)).resolve()),
-                    index=index))
+                    index=index, task=config.task, metric=config.metric))
             return Job(str(index), evaluate, dict(config.job_context(), arch=text, train=config.train(epochs)))
 
         def on_event(s: Scheduler) -> None:

@@ -166,6 +166,13 @@ def test_with_data_the_objective_gets_the_loaded_dataset(tmp_path):
                objective=f)
     assert [r["metrics"]["score"] for r in evals(tmp_path)] == [11.0, 11.0]
 
+    def g(arch, ctx):  # the data as the search's task, as einc's own training would see it
+        return {"score": 1, "task": [ctx.data.task.kind, ctx.data.task.metric]}
+
+    run_search(_config(data="digits10", input_shape=None, budget=1, metric="error"), tmp_path / "task",
+               evaluator=InlineEvaluator(), objective=g)
+    assert evals(tmp_path / "task")[0]["metrics"]["task"] == ["classification", "error"]
+
 
 def test_settings_that_cannot_search_are_one_line_errors(tmp_path):
     with pytest.raises(SearchError, match="needs the candidates' input shape"):
