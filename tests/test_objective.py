@@ -298,3 +298,33 @@ def test_a_main_objective_runs_on_ray_as_locally(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     on_ray, local = json.loads(p.stdout.strip().splitlines()[-1])
     assert on_ray == local and len(on_ray) == 4 and all(s <= 0 for s in on_ray)
+
+
+class _Interrupted(InlineEvaluator):
+    """Runs ``count`` jobs, then stops the search as Ctrl-C would."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+
+    def results(self):
+        for n, outcome in enumerate(super().results()):
+            if n == self.count:
+                raise KeyboardInterrupt
+            yield outcome
+
+
+def test_an_interrupted_einc_search_resumes_into_the_uninterrupted_journal(tmp_path):
+    kw = dict(input_shape=SHAPE, strategy="re", population=3, tournament=2, budget=8, seed=2, lag=2, **SMALL)
+    whole = einc.search(neg_params, out=tmp_path / "whole", evaluator=InlineEvaluator(), **kw)
+    with pytest.raises(KeyboardInterrupt):
+        einc.search(neg_params, out=tmp_path / "cut", evaluator=_Interrupted(3), **kw)
+    resumed = einc.search(neg_params, out=tmp_path / "cut", workers=2, evaluator=InlineEvaluator(), **kw)
+    assert [(t.arch.text, t.score) for t in resumed.trials] == [(t.arch.text, t.score) for t in whole.trials]
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["workers"] == 2  # how it runs may change
+
+    def lines(folder):
+        return [(r["kind"], r["index"], r["arch"]) for r in Journal(folder / "journal.jsonl").records()
+                if r["kind"] in ("proposal", "eval")]
+
+    assert lines(tmp_path / "cut") == lines(tmp_path / "whole")
