@@ -276,7 +276,7 @@ def _plot(path: Path, records: list[dict], strategy: str, summary: dict[str, Any
     if fails:
         floor = 0.0 if percent or not scored else min(scale * a for _, a in scored)
         ax.scatter(fails, [floor] * len(fails), marker="x", color="grey", s=14, label="failed")
-    where = "upper right" if goal.minimize else "lower right"
+    where = "best" if goal.minimize else "lower right"  # a minimised metric's worst points are high
     ax.set_xlabel("evaluation")
     ax.set_ylabel(unit)
     ax.set_title(f"einc search ({strategy})")
