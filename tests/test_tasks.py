@@ -19,12 +19,15 @@ from einc.emit import emit, load_source
 from einc.errors import EinError
 from einc.runtime.data import DataError, Dataset, load_data, load_npz, load_unseen_nas
 from einc.runtime.goal import ACCURACY, Goal
-from einc.runtime.search import SearchConfig, SearchError
+from einc.runtime.journal import Journal
+from einc.runtime.report import format_summary
+from einc.runtime.search import SearchConfig, SearchError, run_search
 from einc.runtime.task import Task, TaskError, auroc_labels, auroc_pixels, mean_average_precision, r2, rel_l2
 from einc.runtime.train import TrainConfig, _score, retrain_and_test, train_and_score
 from einc.runtime.train_step import TrainError
 
 from _builds import EXAMPLES
+from conftest import FakeEvaluator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -307,3 +310,32 @@ def test_search_takes_the_papers_training_flags(tmp_path, monkeypatch):
     CliRunner().invoke(main, args)
     (config,) = seen
     assert (config.weight_decay, config.lr, config.metric, config.final_epochs) == (5e-4, 0.1, "error", 200)
+
+
+class MinimisedFake(FakeEvaluator):
+    """The fake evaluator's scores journaled as a dense task's relative l2 (lower is better)."""
+
+    def results(self):
+        for outcome in super().results():
+            if outcome.result is not None:
+                m = outcome.result["metrics"]
+                m["test_rel_l2" if "test_acc" in m else "val_rel_l2"] = m.pop("test_acc", None) or m.pop("val_acc")
+            yield outcome
+
+
+def test_a_minimised_task_ranks_promotions_and_the_best_from_its_goal(tmp_path):
+    data = make_tasks.write_all(tmp_path / "data", sizes=(12, 6, 6))["darcy"]
+    config = SearchConfig(data=str(data), strategy="rs", budget=24, fidelity=(1, 3), eta=3, max_params=100_000,
+                          max_flops=5_000_000, max_activations=200_000, seed=3)
+    summary = run_search(config, tmp_path / "run", evaluator=MinimisedFake(2))
+    evals = [r for r in Journal(tmp_path / "run" / "journal.jsonl").records() if r["kind"] == "eval"]
+    value = {r["arch"]: r["metrics"]["val_rel_l2"] for r in evals if r.get("rung", 0) == 0}
+    promoted = {r["arch"] for r in evals if r.get("origin") == "promotion"}
+    assert promoted and summary["promotions"] == len(promoted)
+    # the promoted are the low (good) values of the first rung: none of them is among the worst third
+    worst = sorted(value.values())[-len(value) // 3:]
+    assert not any(value[a] in worst for a in promoted)
+    top = [r["metrics"]["val_rel_l2"] for r in evals if r.get("rung", 0) == 1]
+    assert summary["best_val_rel_l2"] == min(top) and summary["minimize"] and summary["metric"] == "rel-l2"
+    assert summary["pareto"][0]["val_rel_l2"] >= summary["pareto"][-1]["val_rel_l2"]  # more params buy lower error
+    assert "validation relative l2" in format_summary(summary)
