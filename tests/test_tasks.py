@@ -339,3 +339,16 @@ def test_a_minimised_task_ranks_promotions_and_the_best_from_its_goal(tmp_path):
     assert summary["best_val_rel_l2"] == min(top) and summary["minimize"] and summary["metric"] == "rel-l2"
     assert summary["pareto"][0]["val_rel_l2"] >= summary["pareto"][-1]["val_rel_l2"]  # more params buy lower error
     assert "validation relative l2" in format_summary(summary)
+
+
+def test_an_x_y_pair_takes_any_task(tmp_path):
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "x.npy", rng.normal(size=(40, 12, 3)).astype(np.float32))  # sequences
+    np.save(tmp_path / "y.npy", rng.normal(size=40))
+    spec = f"{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}"
+    with pytest.raises(DataError, match=r"y\.npy: error: labels must be integers"):
+        load_data(spec)
+    d = load_data(spec, task="regression", metric="r2")
+    assert d.input_shape == (12, 3) and d.task == Task("regression", "r2", (1,)) and len(d.train_y) == 28
+    np.save(tmp_path / "y.npy", rng.normal(size=(40, 12, 2)))
+    assert load_data(spec).task == Task("dense", "rel-l2", (12, 2))
