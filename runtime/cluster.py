@@ -194,7 +194,9 @@ class RayEvaluator(SlotPool):
             kwargs = dict(logging_level=logging.WARNING, log_to_driver=False)
             kwargs.update(init_kwargs or {})
             try:
-                ray.init(address=None if local else address, **kwargs)
+                # "local" is a runtime of its own: address=None would join any cluster running on this
+                # machine (one `ray start` or a test left), whose workers are not this search's
+                ray.init(address="local" if local else address, **kwargs)
             except Exception as e:  # ConnectionError, ValueError, ...: one line, no traceback
                 where = "start a local Ray runtime" if local else f"connect to the Ray cluster at {address}"
                 hint = "" if local else (" (is Ray running there, and does this machine have the cluster's token: "
