@@ -278,7 +278,8 @@ def objective(arch, ctx):  # lives in __main__: Ray actors get it by value too
     return -arch.infer(ctx.input_shape).params
 
 if __name__ == "__main__":
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)  # its own runtime, even beside another test's cluster
     kw = dict(input_shape=(3, 8, 8), strategy="rs", budget=4, seed=5, workers=2, max_params=100_000)
     with RayEvaluator(2, address=None) as ev:
         on_ray = einc.search(objective, evaluator=ev, **kw)
