@@ -270,35 +270,45 @@ def test_a_main_objective_runs_in_one_and_two_workers_with_the_same_results(tmp_
 
 RAY_SCRIPT = '''
 import json, logging
-import ray
+from ray.cluster_utils import Cluster
 import einc
 from einc.runtime.cluster import RayEvaluator
 
 def objective(arch, ctx):  # lives in __main__: Ray actors get it by value too
-    return -arch.infer(ctx.input_shape).params
+    import ray
+    gcs = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+    return {"score": -arch.infer(ctx.input_shape).params, "gcs": gcs}
 
 if __name__ == "__main__":
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)  # its own runtime, even beside another test's cluster
-    kw = dict(input_shape=(3, 8, 8), strategy="rs", budget=4, seed=5, workers=2, max_params=100_000)
-    with RayEvaluator(2, address=None) as ev:
-        on_ray = einc.search(objective, evaluator=ev, **kw)
-    local = einc.search(objective, **kw)
-    ray.shutdown()
-    print(json.dumps([[t.score for t in on_ray.trials], [t.score for t in local.trials]]))
+    # another cluster running on the machine (`ray start`, a test's): address "local" must not join it
+    other = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, include_dashboard=False))
+    try:
+        kw = dict(input_shape=(3, 8, 8), strategy="rs", budget=4, seed=5, workers=2, max_params=100_000)
+        with RayEvaluator(2, address="local") as ev:
+            on_ray = einc.search(objective, evaluator=ev, **kw)
+        local = einc.search(objective, **kw)
+    finally:
+        other.shutdown()
+    print(json.dumps({"ray": [t.score for t in on_ray.trials], "local": [t.score for t in local.trials],
+                      "reasons": [t.reason for t in on_ray.trials], "other": other.address,
+                      "gcs": sorted({t.metrics.get("gcs") for t in on_ray.trials if t.ok})}))
 '''
 
 
 @pytest.mark.slow
 def test_a_main_objective_runs_on_ray_as_locally(tmp_path):
+    """On Ray's own local runtime, even while another cluster runs here (ray.init(address=None) would
+    join that one, whose workers are not the search's: every evaluation failed as WorkerDied)."""
     pytest.importorskip("ray")
     script = tmp_path / "ray_script.py"
     script.write_text(RAY_SCRIPT)
     p = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=180,
                        cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    on_ray, local = json.loads(p.stdout.strip().splitlines()[-1])
-    assert on_ray == local and len(on_ray) == 4 and all(s <= 0 for s in on_ray)
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["reasons"] == [None] * 4
+    assert out["ray"] == out["local"] and all(s <= 0 for s in out["ray"])
+    assert len(out["gcs"]) == 1 and out["gcs"][0] != out["other"]
 
 
 class _Interrupted(InlineEvaluator):
