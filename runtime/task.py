@@ -4,15 +4,14 @@ A ``Task`` is chosen once per search (``einc search --task/--metric``, or inferr
 training targets by runtime/data.py) and carried through loading, building, training, scoring,
 ranking and reporting, so nothing downstream assumes classification:
 
-======================  ============================  =====================  ===================  ===========
-kind                    targets (per split)           head (einc.build)      loss                 metrics
-======================  ============================  =====================  ===================  ===========
-``classification``      N class indices               mean, linear to K      cross-entropy        accuracy, error
-``multilabel``          N x K of 0 and 1              mean, linear to K      BCE (logits)         map, auroc
-``regression``          N x K floats (N: one value)   mean, linear to K      MSE                  mse, mae, r2
-``dense``               the inputs' rank: N x C' x H'  adaptive pool to the  rel-l2: relative l2  rel-l2, mse,
-                        x W' or N x S' x D'           target's size, linear  mse: MSE; auroc: BCE auroc
-======================  ============================  =====================  ===================  ===========
+* ``classification``: N class indices; head: mean over positions, linear to K; cross-entropy;
+  ``accuracy`` or ``error``.
+* ``multilabel``: N x K of 0 and 1; the same head; BCE on logits; ``map`` or ``auroc``.
+* ``regression``: N x K floats (a vector N, given ``--task regression``: one each); the same head; MSE; ``mse``,
+  ``mae`` or ``r2``.
+* ``dense``: targets of the inputs' rank, N x C' x H' x W' or N x S' x D'; the paper's dense head
+  (adaptive average pooling to the target's positions, linear to its channels); ``rel-l2``
+  (trained on relative l2), ``mse`` (MSE) or ``auroc`` per pixel (BCE).
 
 Every metric is computed over a whole split at once (AUROC, mAP and r2 are not averages of
 per-batch values): ``Task.keep`` reduces each batch's output to what scoring needs, and
