@@ -48,7 +48,8 @@ def test_random_search_end_to_end_leaves_every_output(tmp_path):
 def test_the_readme_setting_trains_as_many_distinct_networks_as_the_budget(tmp_path):
     seed = (ROOT / "examples" / "resnet_small.arch").read_text()
     cfg = SearchConfig(data="digits", strategy="re", seeds=(seed,), seed_names=("resnet_small",), budget=16,
-                       population=8, tournament=3, max_flops=30_000_000, seed=2, workers=2)
+                       population=8, tournament=3, max_flops=30_000_000, max_activations=300_000, seed=2,
+                       workers=2)
     summary = run_search(cfg, tmp_path, evaluator=FakeEvaluator(2))
     trained = [r for r in evals(tmp_path) if "duplicate_of" not in r]
     assert summary["trained"] == len(trained) == len({r["arch"] for r in trained}) == 16
