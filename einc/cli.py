@@ -766,7 +766,7 @@ def fmt_(files: tuple[str, ...], grammar: str, input_shape, in_place: bool, chec
 @click.argument("journal", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the fitted .ein.")
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True,
-              help="Fit to the K best evaluated architectures (status ok, highest metrics.val_acc).")
+              help="Fit to the K best evaluated architectures (status ok, best by the search's metric).")
 @click.option("--strength", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
               help="Dirichlet prior strength S: pseudo-counts per rule on the grammar's own probabilities.")
 @click.option("--grammar", "-g", default=None,
@@ -808,24 +808,16 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
         records = Journal(path).records()
     for w in caught:
         click.echo(str(w.message), err=True)
-    best: dict[str, tuple[float, int, dict]] = {}
-    for n, r in enumerate(records):
-        if r.get("kind", "eval") != "eval" or r.get("status") != "ok":
-            continue
-        metrics = r.get("metrics")
-        acc = metrics.get("val_acc") if isinstance(metrics, dict) else None
-        arch = r.get("arch")
-        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) \
-                or not isinstance(arch, str):
-            continue
-        index = r.get("index", n)
-        # a multi-fidelity search's score: any longer training (higher rung) outranks a shorter one
-        score = float(acc) + (r.get("rung") if isinstance(r.get("rung"), int) else 0)
-        if arch not in best or (score, -index) > (best[arch][0], -best[arch][1]):
-            best[arch] = (score, index, r)
+    goal = _search_goal(path.parent / "config.json")
+    best: dict[str, tuple[tuple[int, float], int, dict]] = {}
+    for r in records:  # each architecture's best evaluation, by the search's own goal (any rung first)
+        score = goal.score(r) if r.get("kind", "eval") == "eval" else None
+        if score is not None and (r["arch"] not in best or (score, -r["index"]) > (best[r["arch"]][0],
+                                                                                  -best[r["arch"]][1])):
+            best[r["arch"]] = (score, r["index"], r)
     if not best:
-        _fail(f"{path}: error: no evaluated architecture (status ok with a numeric metrics.val_acc) to fit to")
-    chosen = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[1][1]))[:top]
+        _fail(f"{path}: error: no evaluated architecture (status ok with a numeric metrics.{goal.metric}) to fit to")
+    chosen = sorted(best.items(), key=lambda kv: (kv[1][0], -kv[1][1]), reverse=True)[:top]
     archs, other_hash = [], 0
     for arch, (_, index, r) in chosen:
         try:
@@ -835,9 +827,10 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
                   f"({str(e).splitlines()[0]}); give the search's grammar with --grammar")
         archs.append(show(tree))
         other_hash += r.get("grammar_hash") not in (None, g.hash)
-    accs = [float(r["metrics"]["val_acc"]) for _, (_, _, r) in chosen]
+    accs = [goal.value(r) or 0.0 for _, (_, _, r) in chosen]
+    span = f"{goal.metric} {min(accs):.4f} to {max(accs):.4f}"
     header = [f"Fitted by `einc fit` from {path}: the K={len(chosen)} best of {len(best)} distinct architectures",
-              f"evaluated (status ok; val_acc {min(accs):.4f} to {max(accs):.4f}). Dirichlet prior of strength "
+              f"evaluated (status ok; {span}). Dirichlet prior of strength "
               f"S={strength:g}",
               f"on the probabilities of {grammar}; counts pooled per rule (grammar/README.md, \"Learning the",
               "probabilities\")."]
@@ -854,7 +847,7 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
     if other_hash:
         click.echo(f"note: {other_hash} of them were recorded with another grammar hash; they parse with {grammar}")
     click.echo(f"wrote {output}: {grammar} fitted to the {len(chosen)} best of {len(best)} "
-               f"(val_acc {min(accs):.4f} to {max(accs):.4f}), S={strength:g}")
+               f"({span}), S={strength:g}")
     click.echo(f"spectral radius: grammar {result.rho_prior:.4f}, fitted {result.rho:.4f}")
     if result.shrink > 0:
         click.echo(f"shrunk towards the prior by t = {result.shrink:.4f} to keep rho <= 0.99 as written "
@@ -870,6 +863,14 @@ def _search_plugins(config: Path) -> tuple[str, ...]:
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return ()
     return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def _search_goal(config: Path):
+    """What the search recorded beside a journal optimised (accuracy when there is no config.json)."""
+    from einc.runtime.goal import ACCURACY
+    from einc.runtime.search import SearchConfig
+
+    return SearchConfig.load(config).goal() if config.is_file() else ACCURACY
 
 
 def _search_grammar(config: Path) -> str:

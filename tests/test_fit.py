@@ -236,6 +236,20 @@ def test_cli_fits_the_top_k(tmp_path):
     assert _run("check", str(out)).returncode == 0
 
 
+def test_cli_fits_to_the_best_by_the_searchs_own_metric(tmp_path):
+    """A minimised objective: the best is the lowest score, not the highest val_acc."""
+    rows = [{**r, "metrics": {"score": r["metrics"]["val_acc"]}} if r["kind"] == "eval" and r["metrics"] else r
+            for r in ROWS]
+    _journal(tmp_path / "run", rows, {"grammar": "einspace", "objective": "f.py:f", "minimize": True,
+                                      "input_shape": [1, 8, 8], "data": None, "lag": 8})
+    out = tmp_path / "tuned.ein"
+    r = _run("fit", str(tmp_path / "run"), "-o", str(out), "--top", "1")
+    assert r.returncode == 0, r.stderr
+    assert "score 0.2000 to 0.2000" in r.stdout  # index 1, sequential(norm, relu): the lowest score
+    t = compile_ein(out.read_text(), str(out))
+    assert _prob(t, "C", op="norm") > _prob(t, "C", op="linear", args=(("d", 16),))
+
+
 def test_cli_takes_the_grammar_from_config(tmp_path):
     g = tmp_path / "tiny.ein"
     g.write_text("start S(shape=(3, 8, 8))\n# keep me\nS -> sequential: C C | C\nC -> relu | norm\n")
