@@ -8,11 +8,13 @@ fsync'd) before the search moves on, so a killed search loses nothing and resume
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -170,12 +172,38 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
                objective: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Run (or resume) a search into folder ``out``; returns the summary (also written there).
 
+    One search per folder at a time: a second one on the same ``out`` (a resume started while
+    the search still runs, say) would interleave two journals, so it is refused in one line.
+
     ``evaluator`` (an ``Evaluator``) replaces the local worker processes: a Ray cluster, or a
     fake in tests. The caller then owns it and closes it. With ``config.objective``, each candidate
     is scored by the user's function (runtime/objective.py): ``objective`` when given (a function
     of this session, shipped to the workers by value), else the one ``config.objective`` names;
     there is then no final retrain on train + validation.
     """
+    out = Path(out)
+    if not resume:
+        out.mkdir(parents=True, exist_ok=True)
+    with _alone(out):
+        return _run(config, out, resume, evaluator, on_progress, objective)
+
+
+@contextlib.contextmanager
+def _alone(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` (flock: the kernel drops it when this process dies, however it dies)."""
+    if not out.is_dir():  # a resume of nothing: _run says so
+        yield
+        return
+    with open(out / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SearchError(f"{out}: error: another einc search is running in this folder; wait for it "
+                              "to end (or stop it), or choose another --out") from None
+        yield
+
+
+def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, objective) -> dict[str, Any]:
     import functools
 
     from .candidate import evaluate, evaluate_objective, final_test, prepare, prepare_objective

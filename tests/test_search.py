@@ -182,3 +182,18 @@ def test_workers_share_the_cores_and_omp_num_threads_caps_them(monkeypatch):
     assert [threads_per_worker(w) for w in (1, 2, 4)] == [3, 3, 2]
     monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # not a count: ignored, as torch ignores it
     assert threads_per_worker(2) == 4
+
+
+def test_a_second_search_in_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    import fcntl
+
+    run_search(SearchConfig(**dict(TINY, budget=2)), tmp_path / "o", evaluator=FakeEvaluator(1))
+    with open(tmp_path / "o" / ".lock", "a") as held:  # as the running search holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        before = (tmp_path / "o" / "journal.jsonl").read_bytes()
+        r = CliRunner().invoke(main, ["search", "--out", str(tmp_path / "o"), "--resume"])
+        assert r.exit_code == 1 and "another einc search is running in this folder" in r.output
+        assert "Traceback" not in r.output and (tmp_path / "o" / "journal.jsonl").read_bytes() == before
+    summary = run_search(SearchConfig(**dict(TINY, budget=2)), tmp_path / "o", resume=True,
+                         evaluator=FakeEvaluator(1))  # released: the resume goes ahead
+    assert summary["trained"] == 2
