@@ -28,11 +28,13 @@ def load_grammar(path: str, plugins: tuple[str, ...] = ()):
 
 
 @functools.lru_cache(maxsize=4)
-def _grammar(path: str, plugins: tuple[str, ...] = ()):
+def cached_grammar(path: str, plugins: tuple[str, ...] = ()):
+    """``load_grammar``, once per process: a worker's jobs, and the search itself (the copy a --ray
+    evaluator ships), share one compiled grammar."""
     return load_grammar(path, tuple(plugins))
 
 
-def _dataset(data: Any, data_seed: int, task: str | None = None, metric: str | None = None):
+def cached_dataset(data: Any, data_seed: int, task: str | None = None, metric: str | None = None):
     """The search's dataset as the task ``task`` scored by ``metric`` (None: inferred; runtime/task.py)."""
     from .data import load_data_cached
 
@@ -63,7 +65,7 @@ def prepare(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, d
     candidate runs out of memory alone instead of taking its neighbours down."""
     from .train import limit_memory, warm_up
 
-    _grammar(grammar, tuple(plugins))
+    cached_grammar(grammar, tuple(plugins))
     dev = _device(device)
     if dev.startswith("cuda"):
         import torch
@@ -71,7 +73,7 @@ def prepare(grammar: str, plugins: tuple[str, ...], data: Any, data_seed: int, d
         sharing = -(-workers // max(1, torch.cuda.device_count()))
         if sharing > 1:
             limit_memory(0.95 / sharing, dev)
-    warm_up(dev, _dataset(data, data_seed, task, metric), compile_model=compile_model)
+    warm_up(dev, cached_dataset(data, data_seed, task, metric), compile_model=compile_model)
 
 
 def _model(arch: str, grammar: Any, plugins: tuple[str, ...], input_shape: tuple[int, ...],
@@ -79,7 +81,7 @@ def _model(arch: str, grammar: Any, plugins: tuple[str, ...], input_shape: tuple
     import einc
 
     # a path or bundled name is loaded once per process; a compiled Grammar (from a remote backend) is used as is
-    g = _grammar(grammar, tuple(plugins)) if isinstance(grammar, str) else grammar
+    g = cached_grammar(grammar, tuple(plugins)) if isinstance(grammar, str) else grammar
     parsed = g.parse(arch, input_shape)
     model: Any = einc.build(parsed, input_shape=input_shape, output_shape=output_shape)  # the task's head
     if compile_model:
@@ -104,7 +106,7 @@ def evaluate(arch: str, grammar: str, data: Any, data_seed: int, train: dict[str
     """Train ``arch`` on the train split and score it on the validation split."""
     from .train import train_and_score
 
-    return _run(train_and_score, arch, grammar, plugins, _dataset(data, data_seed, task, metric), train, device,
+    return _run(train_and_score, arch, grammar, plugins, cached_dataset(data, data_seed, task, metric), train, device,
                 compile_model)
 
 
@@ -114,7 +116,7 @@ def final_test(arch: str, grammar: str, data: Any, data_seed: int, train: dict[s
     """Retrain ``arch`` on train + validation and score it on the test split (paper B.1)."""
     from .train import retrain_and_test
 
-    return _run(retrain_and_test, arch, grammar, plugins, _dataset(data, data_seed, task, metric), train, device,
+    return _run(retrain_and_test, arch, grammar, plugins, cached_dataset(data, data_seed, task, metric), train, device,
                 compile_model)
 
 
@@ -146,9 +148,9 @@ def prepare_objective(grammar: str, plugins: tuple[str, ...], data: Any, data_se
                       task: str | None = None, metric: str | None = None) -> None:
     """Run once as a worker of a user-objective search starts: grammar, data and the objective
     itself (its imports), so that a function that cannot load here fails every job saying why."""
-    _grammar(grammar, tuple(plugins))
+    cached_grammar(grammar, tuple(plugins))
     if data is not None:
-        _dataset(data, data_seed, task, metric)
+        cached_dataset(data, data_seed, task, metric)
     _objective(objective)
 
 
@@ -163,11 +165,11 @@ def evaluate_objective(arch: str, grammar: Any, plugins: tuple[str, ...], object
     from .objective import Context, metrics
 
     t0 = time.perf_counter()
-    g = _grammar(grammar, tuple(plugins)) if isinstance(grammar, str) else grammar
+    g = cached_grammar(grammar, tuple(plugins)) if isinstance(grammar, str) else grammar
     shape = tuple(input_shape)
     parsed = g.parse(arch, shape)
     fn = _objective(objective)
-    ds = None if data is None else _dataset(data, data_seed, task, metric)  # as its task (--task, --metric)
+    ds = None if data is None else cached_dataset(data, data_seed, task, metric)  # as its task (--task, --metric)
     where = Path(folder)
     where.mkdir(parents=True, exist_ok=True)
     ctx = Context(input_shape=shape, seed=seed, device=_device(device), epochs=epochs, time_limit=time_limit,

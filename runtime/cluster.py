@@ -294,10 +294,10 @@ class RayEvaluator(SlotPool):
             return kwargs
         if isinstance(kwargs.get("data"), str):
             key = ("data", kwargs["data"], kwargs.get("data_seed", 0))
-            kwargs["data"] = self._put(key, lambda: candidate._dataset(key[1], key[2]))
+            kwargs["data"] = self._put(key, lambda: candidate.cached_dataset(key[1], key[2]))
         if isinstance(kwargs.get("grammar"), str):
             key = ("grammar", kwargs["grammar"], tuple(kwargs.get("plugins", ())))
-            kwargs["grammar"] = self._put(key, lambda: candidate._grammar(key[1], key[2]))
+            kwargs["grammar"] = self._put(key, lambda: candidate.cached_grammar(key[1], key[2]))
         if not self.gpus_per_eval and kwargs.get("device") is None:
             kwargs["device"] = "cpu"  # no GPU reserved for this actor: do not crowd onto one anyway
         return kwargs

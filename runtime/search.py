@@ -182,8 +182,6 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
     there is then no final retrain on train + validation.
     """
     out = Path(out)
-    if not resume:
-        out.mkdir(parents=True, exist_ok=True)
     with _alone(out):
         return _run(config, out, resume, evaluator, on_progress, objective)
 
@@ -191,7 +189,7 @@ def run_search(config: SearchConfig, out: str | Path, resume: bool = False, eval
 @contextlib.contextmanager
 def _alone(out: Path) -> Iterator[None]:
     """Hold ``out/.lock`` (flock: the kernel drops it when this process dies, however it dies)."""
-    if not out.is_dir():  # a resume of nothing: _run says so
+    if not out.is_dir():  # a new search (bad settings leave no folder behind), or a resume of nothing
         yield
         return
     with open(out / ".lock", "a") as f:
@@ -357,9 +355,9 @@ def report_folder(out: str | Path) -> str:
 
 
 def _setup_grammar(config: SearchConfig):
-    from .candidate import _grammar
+    from .candidate import cached_grammar
 
-    return _grammar(config.grammar, tuple(config.plugins))  # the one a --ray evaluator ships, compiled once
+    return cached_grammar(config.grammar, tuple(config.plugins))  # the one a --ray evaluator ships, compiled once
 
 
 def _setup(config: SearchConfig):

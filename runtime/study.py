@@ -369,9 +369,9 @@ def _config(*, grammar: str, input_shape: Sequence[int] | None, data: str | None
     if unknown:
         raise StudyError(f"unknown setting {', '.join(unknown)}; the limits are {', '.join(LIMITS)}")
     if input_shape is None and data is None:
-        from .candidate import _grammar
+        from .candidate import cached_grammar
 
-        input_shape = _grammar(grammar, tuple(settings["plugins"])).default_shape()
+        input_shape = cached_grammar(grammar, tuple(settings["plugins"])).default_shape()
         if input_shape is None:
             raise StudyError(f"grammar {grammar} declares no input shape: give input_shape=")
     names, texts = _seed_texts(seeds)
