@@ -49,7 +49,8 @@ def _child_run(out: Path, cfg: SearchConfig) -> subprocess.Popen:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
 def test_sigkill_of_the_search_kills_its_workers_and_resume_completes(tmp_path):
     """Real processes; the exactness of the replay itself is tests/test_schedule.py's, on a fake evaluator."""
-    cfg = SearchConfig(strategy="re", population=2, tournament=2, **dict(TINY, budget=4))
+    # lag 1: results enter the journal one proposal late, so two of them show while the search still runs
+    cfg = SearchConfig(strategy="re", population=2, tournament=2, lag=1, **dict(TINY, budget=4))
     killed = tmp_path / "killed"
     child = _child_run(killed, cfg)
     journal = killed / "journal.jsonl"
