@@ -41,6 +41,16 @@ def sleep(seconds: float) -> dict:
     return {"slept": seconds}
 
 
+def wait_for(path: str, timeout: float = 120.0) -> dict:
+    """Run until `path` exists: the test decides when the job ends, so load cannot end it early."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.05)
+    return {"pid": os.getpid()}
+
+
 def hard_exit(code: int = 3) -> dict:
     os._exit(code)
 

@@ -243,18 +243,23 @@ def _child(pid: int, marker: str) -> int | None:
     return None
 
 
-def test_a_node_that_dies_mid_evaluation(cluster):  # last: the cluster keeps one node after it
-    """The job on the dead node runs again on the head and succeeds (a killed actor's job takes the same path)."""
+def test_a_node_that_dies_mid_evaluation(cluster, tmp_path):  # last: the cluster keeps one node after it
+    """The job on the dead node runs again on the head and succeeds (a killed actor's job takes the same path).
+
+    The jobs run until a gate file appears, so under load neither can finish before the node dies."""
     from einc.runtime.cluster import RayEvaluator
 
+    gate = tmp_path / "gate"
     with RayEvaluator(workers=2, retries=1) as ev:
-        ev.submit(Job("a", _jobs.sleep, {"seconds": 2.0}))
-        ev.submit(Job("b", _jobs.sleep, {"seconds": 2.0}))
-        deadline = time.monotonic() + 60
-        while sum(s.job is not None and s.pid is not None for s in ev._slots) < 2 and time.monotonic() < deadline:
+        ev.submit(Job("a", _jobs.wait_for, {"path": str(gate)}))
+        ev.submit(Job("b", _jobs.wait_for, {"path": str(gate)}))
+        deadline = time.monotonic() + 120
+        while sum(s.job is not None and s.pid is not None for s in ev._slots) < 2:
+            assert time.monotonic() < deadline, "the two actors never ran a job each"
             ev._wait()  # starts the actors and dispatches, as results() does
             ev._dispatch()
         cluster.remove_node(next(iter(cluster.worker_nodes)))
+        gate.touch()
         outcomes = {o.key: o for o in ev.results()}
         assert ev.resubmitted == 1
     assert all(o.ok for o in outcomes.values()), outcomes
