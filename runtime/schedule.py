@@ -78,6 +78,15 @@ class Strategy(Protocol):
     def rescore(self, index: int, score: Score | None) -> None: ...
 
 
+def outcome_fields(outcome: Outcome) -> dict[str, Any]:
+    """What an evaluation gave, as journal fields (times rounded to the millisecond)."""
+    result = outcome.result or {}
+    return dict(status=outcome.status, reason=outcome.reason, metrics=result.get("metrics", {}),
+                seconds=round(outcome.seconds, 3),
+                timing={k: round(v, 3) for k, v in result.get("timing", {}).items()},
+                started=round(outcome.started, 3), finished=round(outcome.finished, 3), worker=outcome.worker)
+
+
 def fitness(record: dict[str, Any]) -> float | None:
     """Validation accuracy, or None for a failed evaluation (the default goal's value)."""
     return ACCURACY.value(record)
@@ -142,7 +151,8 @@ class Scheduler:
     def _can_propose(self) -> bool:
         return self.strategy.ready() or self._promotion() is not None
 
-    def _proposing(self) -> bool:
+    def proposing(self) -> bool:
+        """Whether the search still makes proposals (budget left, space not exhausted)."""
         return self.trainings < self.budget and not self.exhausted
 
     def _wants_result(self, k: int) -> bool:
@@ -203,21 +213,25 @@ class Scheduler:
             return self.finished.pop(index)
         p = self.proposals[index]
         original = self.results[p["duplicate_of"]]
-        now = round(time.time(), 3)
-        return dict(index=index, kind="eval", arch=p["arch"], **self.base, origin=p["origin"], parent=p["parent"],
-                    **self._fidelity(p), params=original.get("params"), flops=original.get("flops"),
-                    activations=original.get("activations"), status=original["status"],
-                    reason=original.get("reason"), metrics=original.get("metrics", {}), seconds=0.0,
-                    started=now, finished=now, worker=None, duplicate_of=original["index"])
+        now = time.time()
+        reuse = Outcome(str(index), original["status"], {"metrics": original.get("metrics", {})},
+                        original.get("reason"), 0.0, None, now, now, None)
+        costs = {k: original.get(k) for k in ("params", "flops", "activations")}
+        return self._record(p, reuse, costs, duplicate_of=original["index"])
+
+    def _record(self, p: dict[str, Any], outcome: Outcome, costs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """The one shape of an eval line: proposal, static costs, then what its evaluation gave."""
+        return dict(index=p["index"], kind="eval", arch=p["arch"], **self.base, origin=p["origin"],
+                    parent=p["parent"], **self._fidelity(p), **costs, **outcome_fields(outcome), **extra)
 
     # ------------------------------------------------------------------ live
 
     def run(self, evaluator: Evaluator) -> None:
         """Propose, submit and journal until the budget is trained; returns when nothing is in flight."""
-        self._advance(evaluator)
+        self.advance(evaluator)
         for outcome in evaluator.results():
-            self._finish(outcome)
-            self._advance(evaluator)
+            self.deliver(outcome)
+            self.advance(evaluator)
 
     def resubmit(self, evaluator: Evaluator) -> None:
         """After ``replay``: submit again what was in flight when the search stopped."""
@@ -226,9 +240,9 @@ class Scheduler:
                 continue
             self._submit(evaluator, index)
 
-    def _advance(self, evaluator: Evaluator) -> None:
+    def advance(self, evaluator: Evaluator) -> None:
         """Commit the results whose turn has come and propose while a worker is free."""
-        while self._proposing() and len(self.running) < self.workers:
+        while self.proposing() and len(self.running) < self.workers:
             k = len(self.proposals)
             while self._wants_result(k):
                 if not self._committable(self.committed):
@@ -240,7 +254,7 @@ class Scheduler:
             self.journal.append(record)
             if "duplicate_of" not in record:
                 self._submit(evaluator, record["index"])
-        if not self._proposing():  # the rest enter the journal as their turn comes
+        if not self.proposing():  # the rest enter the journal as their turn comes
             while self._committable(self.committed):
                 self._commit(self._result_of(self.committed))
             if self.committed == len(self.proposals) and self.pending.path.exists():
@@ -256,18 +270,11 @@ class Scheduler:
         p = self.proposals[index]
         evaluator.submit(self.job_for(index, self.trees[index], p["arch"], p.get("epochs", self.rungs[0])))
 
-    def _finish(self, outcome: Outcome) -> None:
+    def deliver(self, outcome: Outcome) -> None:
+        """Take a finished evaluation (from an evaluator, or a Study's tell); it is journaled in its turn."""
         index = int(outcome.key)
         self.running.discard(index)
-        result = outcome.result or {}
-        p = self.proposals[index]
-        record = dict(index=index, kind="eval", arch=p["arch"], **self.base, origin=p["origin"],
-                      parent=p["parent"], **self._fidelity(p), **self.describe(self.trees[index]),
-                      status=outcome.status,
-                      reason=outcome.reason, metrics=result.get("metrics", {}), seconds=round(outcome.seconds, 3),
-                      timing={k: round(v, 3) for k, v in result.get("timing", {}).items()},
-                      started=round(outcome.started, 3), finished=round(outcome.finished, 3),
-                      worker=outcome.worker)
+        record = self._record(self.proposals[index], outcome, self.describe(self.trees[index]))
         self.pending.append(record)  # on disk before anything else: a kill now loses nothing
         self.finished[index] = record
         self._emit()

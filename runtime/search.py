@@ -205,7 +205,7 @@ def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, 
     import functools
 
     from .candidate import evaluate, evaluate_objective, final_test, prepare, prepare_objective
-    from .schedule import ReplayError, Scheduler
+    from .schedule import ReplayError, Scheduler, outcome_fields
     from .workers import Job, LocalEvaluator
 
     out = Path(out)
@@ -304,14 +304,9 @@ def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, 
             evaluator.submit(Job("final", final_test, dict(config.job_context(), arch=best["arch"],
                                                            train=config.train(config.final_epochs))))
             for outcome in evaluator.results():
-                result = outcome.result or {}
                 journal.append({"index": len(scheduler.proposals), "kind": "final", "arch": best["arch"],
                                 "of": best["index"], "grammar_hash": grammar.hash, "seed": config.seed,
-                                "status": outcome.status, "reason": outcome.reason,
-                                "metrics": result.get("metrics", {}), "seconds": round(outcome.seconds, 3),
-                                "timing": {k: round(v, 3) for k, v in result.get("timing", {}).items()},
-                                "started": round(outcome.started, 3), "finished": round(outcome.finished, 3),
-                                "worker": outcome.worker})
+                                **outcome_fields(outcome)})
     finally:
         if own:
             evaluator.close()

@@ -279,7 +279,7 @@ class Study:
         s = self._scheduler
         if not self._handout.jobs:
             s.workers = len(s.running) + 1  # room for exactly one more proposal (repeats are journaled on the way)
-            s._advance(self._handout)
+            s.advance(self._handout)
         if not self._handout.jobs:
             raise StudyError(self._why_not())
         job = self._handout.jobs.popleft()
@@ -308,10 +308,10 @@ class Study:
             except (TypeError, ValueError) as e:
                 status, reason = "failed", f"TypeError: the told metrics are not plain JSON ({e})"
         t0, wall = self._asked.pop(index)
-        s._finish(Outcome(str(index), status, result, reason, time.monotonic() - t0, None, wall,
+        s.deliver(Outcome(str(index), status, result, reason, time.monotonic() - t0, None, wall,
                           wall + time.monotonic() - t0, "study"))
         s.workers = len(s.running)  # no new proposal; once none will come, the rest enter the journal
-        s._advance(self._handout)
+        s.advance(self._handout)
         return self._told(s.finished.get(index) or s.results[index])
 
     def _told(self, r: dict[str, Any]) -> TrialResult:
@@ -347,7 +347,7 @@ class Study:
 
     def _why_not(self) -> str:
         s = self._scheduler
-        if not s._proposing():
+        if not s.proposing():
             if s.exhausted:
                 return s.notes[-1]
             return f"the budget of {self.config.budget} trials is spent"

@@ -129,11 +129,11 @@ def test_a_result_finished_out_of_turn_survives_a_kill(tmp_path):
     path = tmp_path / "j"
     s = scheduler(path, strategy="rs", budget=10, workers=2, seeds=())
     ev = FakeEvaluator(2, duration=lambda arch: 50.0 if arch == s.proposals[0]["arch"] else 1.0)
-    s._advance(ev)  # run by hand, to stop after three outcomes as a kill would
+    s.advance(ev)  # run by hand, to stop after three outcomes as a kill would
     results = ev.results()
     for _ in range(3):
-        s._finish(next(results))
-        s._advance(ev)
+        s.deliver(next(results))
+        s.advance(ev)
     pending = Journal(str(path) + ".pending").records()
     assert {r["index"] for r in pending} == {1, 2, 3} and s.committed == 0  # waiting for proposal 0's turn
     resumed = scheduler(path, strategy="rs", budget=10, workers=2, seeds=())
