@@ -286,19 +286,17 @@ class RayEvaluator(SlotPool):
                 self._ray.shutdown()  # a local runtime we started stops; a joined cluster keeps running
 
     def _prepare(self, job: Job) -> dict[str, Any]:
-        """A candidate job's data and grammar as shared objects; other jobs' kwargs unchanged."""
+        """The grammar and data a job shares (``Job.shared``) as objects put once in the object store."""
         from . import candidate
 
         kwargs = dict(job.kwargs)
-        if job.fn not in (candidate.evaluate, candidate.final_test):
-            return kwargs
-        if isinstance(kwargs.get("data"), str):
+        if "data" in job.shared and isinstance(kwargs.get("data"), str):
             key = ("data", kwargs["data"], kwargs.get("data_seed", 0))
             kwargs["data"] = self._put(key, lambda: candidate.cached_dataset(key[1], key[2]))
-        if isinstance(kwargs.get("grammar"), str):
+        if "grammar" in job.shared and isinstance(kwargs.get("grammar"), str):
             key = ("grammar", kwargs["grammar"], tuple(kwargs.get("plugins", ())))
             kwargs["grammar"] = self._put(key, lambda: candidate.cached_grammar(key[1], key[2]))
-        if not self.gpus_per_eval and kwargs.get("device") is None:
+        if not self.gpus_per_eval and "device" in kwargs and kwargs["device"] is None:
             kwargs["device"] = "cpu"  # no GPU reserved for this actor: do not crowd onto one anyway
         return kwargs
 

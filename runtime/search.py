@@ -27,6 +27,8 @@ from .schedule import LAG
 from .task import Task, TaskError, check_choice
 
 STRATEGIES = ("rs", "re", "sample")
+SHARED = ("grammar", "data")
+"""The kwargs of a search's jobs that name its grammar and dataset (``Job.shared``)."""
 
 
 class SearchError(EinError):
@@ -272,8 +274,8 @@ def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, 
                     arch=text, grammar=config.grammar, plugins=config.plugins, objective=blob, input_shape=shape,
                     data=config.data, data_seed=config.data_seed, device=config.device, seed=config.seed,
                     epochs=epochs, time_limit=config.time_limit, folder=str((out / "trials" / str(index)).resolve()),
-                    index=index, task=config.task, metric=config.metric))
-            return Job(str(index), evaluate, dict(config.job_context(), arch=text, train=config.train(epochs)))
+                    index=index, task=config.task, metric=config.metric), SHARED)
+            return Job(str(index), evaluate, dict(config.job_context(), arch=text, train=config.train(epochs)), SHARED)
 
         def on_event(s: Scheduler) -> None:
             progress.done = s.finished_trainings
@@ -302,7 +304,7 @@ def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, 
         best = goal.best(scheduler.evaluations())
         if final is None and best is not None and blob is None:  # a user objective has no test split to score
             evaluator.submit(Job("final", final_test, dict(config.job_context(), arch=best["arch"],
-                                                           train=config.train(config.final_epochs))))
+                                                           train=config.train(config.final_epochs)), SHARED))
             for outcome in evaluator.results():
                 journal.append({"index": len(scheduler.proposals), "kind": "final", "arch": best["arch"],
                                 "of": best["index"], "grammar_hash": grammar.hash, "seed": config.seed,

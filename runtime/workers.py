@@ -61,6 +61,9 @@ class Job:
     key: str
     fn: Callable[..., dict[str, Any]]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # kwargs naming the search's grammar ("grammar", with "plugins") or dataset ("data", with "data_seed"):
+    # a remote backend may load each once and ship the object instead (runtime/candidate.py takes either)
+    shared: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ def test_a_plugin_grammar_travels_without_a_shared_filesystem(cluster, tmp_path)
     with RayEvaluator(workers=1) as ev:
         ev.submit(Job("0", evaluate, dict(arch="sequential(double, linear(d=8))", grammar=str(grammar),
                                           plugins=(str(plugin),), data="digits10", data_seed=0, train=train,
-                                          device=None)))
+                                          device=None), shared=("grammar", "data")))
         plugin.rename(tmp_path / "gone.py")  # the workers never read it: the compiled grammar carries it
         grammar.unlink()
         (outcome,) = ev.results()
