@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from einc.errors import EinError
+from einc.sample import Budget
 
 from .goal import ACCURACY, Goal
 from .journal import Journal
 from .schedule import LAG
 from .task import Task, TaskError, check_choice
+from .train_config import TrainConfig
 
 STRATEGIES = ("rs", "re", "sample")
 SHARED = ("grammar", "data")
@@ -37,7 +39,10 @@ class SearchError(EinError):
 
 @dataclass
 class SearchConfig:
-    """Everything that determines a search's proposals and scores; saved as config.json."""
+    """Everything that determines a search's proposals and scores; saved as config.json.
+
+    The one home of a search's defaults: training settings default to ``TrainConfig``'s, limits to
+    ``einc.sample.Budget``'s, and the command line and ``einc.search`` show these."""
 
     grammar: str = "einspace"
     data: str | None = "digits"  # None: no dataset (a user objective's search, with input_shape)
@@ -48,11 +53,11 @@ class SearchConfig:
     budget: int = 20
     population: int = 100
     tournament: int = 10
-    epochs: int = 8
+    epochs: int = TrainConfig.epochs
     final_epochs: int | None = None  # the retrain on train+valid; None: same as epochs
-    lr: float = 0.04
-    weight_decay: float = 3e-4
-    batch_size: int = 256
+    lr: float = TrainConfig.lr
+    weight_decay: float = TrainConfig.weight_decay
+    batch_size: int = TrainConfig.batch_size
     seed: int = 0
     device: str | None = None
     time_limit: float | None = None  # seconds per evaluation
@@ -66,11 +71,11 @@ class SearchConfig:
     graphs: bool | None = None  # CUDA-graph training steps; None: on for CUDA
     task: str | None = None  # runtime/task.py's kind; None: inferred from the training targets (runtime/data.py)
     metric: str | None = None  # the task's metric; None: the kind's default (accuracy, map, mse, rel-l2)
-    max_params: int = 25_000_000
-    max_flops: int = 10_000_000_000
-    max_activations: int = 32_000_000
-    max_nodes: int = 2_000
-    max_depth: int = 200
+    max_params: int = Budget.max_params
+    max_flops: int = Budget.max_flops
+    max_activations: int = Budget.max_activations
+    max_nodes: int = Budget.max_nodes
+    max_depth: int = Budget.max_depth
     # the user's own objective (runtime/objective.py): "FILE.py:FUNC", "module:FUNC", the module:qualname
     # of a Python function (einc.search), or "ask/tell" (einc.Study); None: train and score on data
     objective: str | None = None
@@ -359,7 +364,7 @@ def _setup_grammar(config: SearchConfig):
 
 def _setup(config: SearchConfig):
     """Grammar, data and strategy of a search; the strategy's RNG starts from ``config.seed``."""
-    from einc.sample import Budget, Sampler
+    from einc.sample import Sampler
 
     from .strategies import RandomSearch, RegularisedEvolution
 

@@ -29,7 +29,6 @@ import math
 import time
 import traceback
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,8 @@ from einc.errors import EinError
 
 from .data import Dataset
 from .task import Task
-from .train_step import NonFiniteLoss, OutOfMemory, TimeLimitExceeded, TrainError, TrainStep
+from .train_config import TrainConfig, TrainError
+from .train_step import NonFiniteLoss, OutOfMemory, TimeLimitExceeded, TrainStep
 
 # bf16 autocast pays once the tensor cores have enough work per sample. Measured on an H200
 # (issue 12): slower than fp32 for small CNNs at 3x32x32 (order 1e7-1e8 FLOPs per sample), 3.3x
@@ -48,37 +48,6 @@ from .train_step import NonFiniteLoss, OutOfMemory, TimeLimitExceeded, TrainErro
 # (``arch.infer(shape).flops``: 2 per multiply-add, as torch's FlopCounterMode counts): ResNet18 at
 # 3x32x32 (3.0e8) gets bf16, every candidate of the README digits search (<= 3e7) stays in fp32.
 AMP_MIN_FLOPS = 250_000_000
-
-
-@dataclass
-class TrainConfig:
-    """Defaults are the Unseen-NAS search settings of the paper's Table 4 (64 epochs to retrain).
-
-    ``amp``: bf16 autocast (float16 + loss scaling where bf16 is missing) on CUDA; None = when the
-    candidate has at least ``AMP_MIN_FLOPS`` per sample. ``graphs``: replay the training step from
-    a CUDA graph; None = on CUDA. Both are ignored on a CPU (see ``settings_note``).
-    """
-
-    epochs: int = 8
-    lr: float = 0.04
-    weight_decay: float = 3e-4
-    momentum: float = 0.9
-    batch_size: int = 256
-    amp: bool | None = None
-    graphs: bool | None = None
-    time_limit: float | None = None  # seconds for the whole call, data transfer included
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise TrainError(f"bad training settings: epochs={self.epochs}, batch_size={self.batch_size}, "
-                             f"lr={self.lr}; each must be positive")
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise TrainError(f"bad training settings: time_limit={self.time_limit}; it must be positive")
-        for name in ("amp", "graphs"):
-            if getattr(self, name) not in (None, True, False):
-                raise TrainError(f"bad training settings: {name}={getattr(self, name)!r}; "
-                                 "it must be true, false or null (auto)")
 
 
 def pick_device(requested: str | None = None) -> str:

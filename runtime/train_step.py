@@ -26,15 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from einc.errors import EinError
-
 from .task import Task
+from .train_config import TrainError
 
 WARMUP = 3  # eager full-batch steps before capture (PyTorch's whole-network recipe uses 3)
-
-
-class TrainError(EinError):
-    """A candidate could not be trained; the search records it as a failed evaluation."""
 
 
 class NonFiniteLoss(TrainError):
