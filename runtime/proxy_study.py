@@ -14,12 +14,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from einc.sample import Budget
+
+from .train_config import TrainConfig
 
 REDRAWS = 20  # a sample repeating an earlier one is drawn again, at most this often in a row
 
@@ -69,14 +71,14 @@ class Row:
     seconds: float
 
 
-def run(grammar: str = "einspace", data: str = "digits", count: int = 60, epochs: int = 3, seed: int = 0,
-        budget: Budget | None = None, names: Sequence[str] | None = None, proxy_batch: int = 64,
-        lr: float = 0.04, weight_decay: float = 3e-4, batch_size: int = 256, device: str | None = None,
-        time_limit: float | None = None, plugins: tuple[str, ...] = (),
+def run(grammar: str = "einspace", data: str = "digits", count: int = 60, train: TrainConfig | None = None,
+        seed: int = 0, budget: Budget | None = None, names: Sequence[str] | None = None, proxy_batch: int = 64,
+        device: str | None = None, plugins: tuple[str, ...] = (),
         on_network: Callable[[Network], None] | None = None) -> ProxyStudy:
     """Sample ``count`` networks of ``grammar`` (random.Random(seed)), score each with the proxies
-    ``names`` (default all) on ``proxy_batch`` training samples, train each for ``epochs`` and score
-    it on the validation split; ``on_network`` sees each network as it is done."""
+    ``names`` (default all) on ``proxy_batch`` training samples, train each with ``train`` (default
+    TrainConfig(epochs=3); its seed is ``seed``, as in a search) and score it on the validation
+    split; ``on_network`` sees each network as it is done."""
     import torch
 
     import einc
@@ -84,12 +86,13 @@ def run(grammar: str = "einspace", data: str = "digits", count: int = 60, epochs
     from einc.sample import Sampler
 
     from .candidate import cached_dataset, cached_grammar
-    from .train import TrainConfig, device_split, pick_device, train_and_score
+    from .train import device_split, pick_device, train_and_score
 
     names = tuple(PROXIES) if names is None else tuple(names)
     unknown = [n for n in names if n not in PROXIES]
     if unknown:
         raise einc.EinError(f"unknown proxy {', '.join(unknown)}; the proxies are {', '.join(PROXIES)}")
+    train = replace(train or TrainConfig(epochs=3), seed=seed)
     g = cached_grammar(grammar, tuple(plugins))
     ds = cached_dataset(data, 0)
     task = ds.task
@@ -98,11 +101,9 @@ def run(grammar: str = "einspace", data: str = "digits", count: int = 60, epochs
     x, y = device_split(ds, "train", dev)
     pick = np.random.default_rng(seed).choice(len(x), size=min(proxy_batch, len(x)), replace=False)
     batch = (x[torch.as_tensor(pick, device=x.device)], y[torch.as_tensor(pick, device=y.device)])
-    train = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
-                        time_limit=time_limit)
     sampler = Sampler(g.table, shape, budget or Budget())
     rng = random.Random(seed)
-    study = ProxyStudy(grammar, data, epochs, task.val_key, task.info.minimize, names)
+    study = ProxyStudy(grammar, data, train.epochs, task.val_key, task.info.minimize, names)
     seen: set[str] = set()
     for index in range(count):
         text = _new_sample(g, sampler, rng, seen)

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn as nn
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
 import einc
+from einc.cli import main
 from einc.proxies import PROXIES, ProxyError, jacob_cov, naswot, score, snip, synflow
 from einc.runtime.proxy_study import ranks, spearman
 
@@ -263,3 +266,30 @@ def test_spearman_depends_on_ranks_only(pairs):
     assert spearman([math.exp(v) * 3 + 1 for v in x], y) == pytest.approx(rho, abs=1e-9)  # increasing map
     assert spearman([-v for v in x], y) == pytest.approx(-rho, abs=1e-9)
     assert spearman(y, x) == pytest.approx(rho, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- einc proxies
+
+TINY = ["-n", "3", "--epochs", "1", "--batch-size", "64", "--proxy-batch", "16", "--max-flops", "1000000",
+        "--max-params", "50000", "--max-activations", "50000"]
+
+
+@pytest.mark.slow  # trains three small networks for one epoch: a few seconds
+def test_einc_proxies_prints_its_table(tmp_path):
+    r = CliRunner().invoke(main, ["proxies", "--data", "digits", *TINY, "--out", str(tmp_path / "nets.jsonl")])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "3 networks of einspace on digits, 1 epoch each: 3 trained"
+    table = lines[lines.index("proxy       Spearman  networks   median time") + 1:]
+    assert [line.split()[0] for line in table[:len(PROXIES) + 1]] == [*PROXIES, "training"]
+    records = [json.loads(line) for line in (tmp_path / "nets.jsonl").read_text().splitlines()]
+    assert len({r["arch"] for r in records}) == 3
+    assert all(set(r["proxies"]) == set(PROXIES) and 0 <= r["metric"] <= 1 for r in records)
+    assert r.stderr.count("network ") == 3  # progress, one line per network
+
+
+def test_einc_proxies_names_an_unknown_proxy_in_one_line():
+    r = CliRunner().invoke(main, ["proxies", "--proxies", "synflow,zen", "-n", "1"])
+    assert r.exit_code == 1
+    assert r.output.strip() == ("unknown proxy zen; the proxies are params, flops, synflow, naswot, jacob_cov, "
+                                "grad_norm, snip")
