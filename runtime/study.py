@@ -54,11 +54,10 @@ from einc.errors import one_line
 
 from .journal import Journal, json_default
 from .objective import ASK_TELL, ObjectiveError, check_callable, describe, metrics
-from .schedule import LAG, ReplayError, Scheduler
-from .search import SearchConfig, SearchError, _setup, _write_atomic, run_search
+from .schedule import ReplayError, Scheduler
+from .search import SearchConfig, SearchError, _setup, _setup_grammar, _write_atomic, run_search
 from .workers import Job, Outcome
 
-LIMITS = ("max_params", "max_flops", "max_activations", "max_nodes", "max_depth")
 UNLIMITED = 1_000_000_000
 """A Study's budget when it is given none (config.json records a number)."""
 EXECUTION = ("workers", "device", "objective")
@@ -109,41 +108,48 @@ class TrialResult:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """What ``einc.search`` returns: the best evaluation (None when all failed) and every trained
-    one in proposal order (repeats of an architecture, which reuse its result, are left out)."""
+    """What ``einc.search`` returns: the best evaluation (None when all failed), every trained one
+    in proposal order (repeats of an architecture, which reuse its result, are left out), and,
+    when einc trained the candidates, the final test metrics of the best."""
 
     best: TrialResult | None
     trials: list[TrialResult]
     minimize: bool
     out: Path | None
     summary: dict[str, Any] = field(repr=False)
+    final: dict[str, Any] | None = None  # the best retrained on train + validation, scored on test (einc's training)
 
 
 # --------------------------------------------------------------------------- einc.search
 
 
-def search(objective: Callable[..., Any], grammar: str = "einspace", input_shape: Sequence[int] | None = None,
-           strategy: str = "re", seeds: Sequence[Any] = (), budget: int = 20, workers: int = 1,
-           out: str | Path | None = None, seed: int = 0, *, minimize: bool = False, data: str | None = None,
-           epochs: int = 1, fidelity: Sequence[int] = (), eta: int = 3, population: int = 100, tournament: int = 10,
-           lag: int = LAG, time_limit: float | None = None, device: str | None = None,
-           plugins: Sequence[str] = (), evaluator: Any = None,
-           on_progress: Callable[[Any], None] | None = None, **limits: int) -> SearchResult:
-    """Search ``grammar``'s space for the architecture that ``objective(arch, ctx)`` scores best.
+def search(objective: Callable[..., Any] | None = None, grammar: str = SearchConfig.grammar,
+           input_shape: Sequence[int] | None = None, strategy: str = SearchConfig.strategy, seeds: Sequence[Any] = (),
+           budget: int = SearchConfig.budget, workers: int = SearchConfig.workers, out: str | Path | None = None,
+           seed: int = SearchConfig.seed, *, minimize: bool = False, data: Any = None, evaluator: Any = None,
+           on_progress: Callable[[Any], None] | None = None, **settings: Any) -> SearchResult:
+    """Search ``grammar``'s space for the architecture that ``objective(arch, ctx)`` scores best, or,
+    without an objective, for the one that einc's own training scores best on ``data``.
 
-    ``out`` keeps the run (config.json, journal.jsonl, each trial's folder, summary, best.arch):
-    calling ``search`` again with the same ``out`` and settings resumes it, or returns its result
-    when it is complete; ``workers`` and ``device`` may differ. Without ``out`` it runs in a
-    temporary folder, removed at the end. ``data`` names a dataset as ``--data`` does
-    (``ctx.data`` is then the loaded one; its shape is the input). ``evaluator`` replaces the
-    local workers (a ``RayEvaluator``, say); the caller closes it.
+    ``data`` is a dataset as ``--data`` names one (``"digits"``, an Unseen-NAS folder, a ``.npz``,
+    ``"x.npy,y.npy"``) or a loaded ``einc.runtime.data.Dataset`` (saved as ``OUT/data.npz``, so that
+    the workers and a resume read it); with an objective it is optional (``ctx.data``). ``out``
+    keeps the run (config.json, journal.jsonl, each trial's folder, summary, best.arch): calling
+    ``search`` again with the same ``out`` and settings resumes it, or returns its result when it
+    is complete; ``workers`` and ``device`` may differ. Without ``out`` it runs in a temporary
+    folder, removed at the end. ``settings`` are any other field of ``SearchConfig`` (epochs,
+    fidelity, population, lr, task, metric, max_params, ...), with its defaults. ``evaluator``
+    replaces the local workers (a ``RayEvaluator``, say); the caller closes it.
     """
-    check_callable(objective)
-    config = _config(grammar=grammar, input_shape=input_shape, data=data, strategy=strategy, seeds=seeds,
-                     budget=budget, workers=workers, seed=seed, epochs=epochs, fidelity=tuple(fidelity), eta=eta,
-                     population=population, tournament=tournament, lag=lag, time_limit=time_limit, device=device,
-                     plugins=plugins, objective=describe(objective), minimize=minimize, limits=limits)
+    if objective is not None:
+        check_callable(objective)
+    elif data is None:
+        raise StudyError("einc.search needs an objective of your own, or data to train the candidates on (data=)")
     with _folder(out) as folder:
+        config = _config(grammar=grammar, input_shape=input_shape, data=_data(data, folder), strategy=strategy,
+                         seeds=seeds, settings=dict(settings, budget=budget, workers=workers, seed=seed,
+                                                    objective=None if objective is None else describe(objective),
+                                                    minimize=minimize, **_task_of(data, settings)))
         result = run(config, folder, resume=_open(folder, config), evaluator=evaluator, on_progress=on_progress,
                      objective=objective)
     return result if out is not None else dataclasses.replace(result, out=None)
@@ -152,15 +158,19 @@ def search(objective: Callable[..., Any], grammar: str = "einspace", input_shape
 def run(config: SearchConfig, out: str | Path, resume: bool = False, evaluator: Any = None,
         on_progress: Callable[[Any], None] | None = None,
         objective: Callable[..., Any] | None = None) -> SearchResult:
-    """``run_search`` of a search with an objective, as a ``SearchResult`` (``einc search --objective``
-    and ``einc.search`` both run this); ``objective`` defaults to the one ``config.objective`` names."""
+    """Run (or resume) the search ``config`` describes into ``out``, as a ``SearchResult``: what
+    ``einc.search`` and ``einc search`` both do. ``objective`` defaults to the one
+    ``config.objective`` names (None: einc's own training on ``config.data``)."""
     summary = run_search(config, out, resume=resume, evaluator=evaluator, on_progress=on_progress,
                          objective=objective)
     config = SearchConfig.load(Path(out) / "config.json")
-    grammar, _, _ = _setup(config)
+    grammar = _setup_grammar(config)
     shape = tuple(summary["input_shape"])
-    trials = [_result(r, grammar, shape, config) for r in _evals(Journal(Path(out) / "journal.jsonl").records())]
-    return SearchResult(_best(trials, config), trials, config.minimize, Path(out), summary)
+    records = Journal(Path(out) / "journal.jsonl").records()
+    trials = [_result(r, grammar, shape, config) for r in _evals(records)]
+    final = next((r for r in records if r.get("kind") == "final"), None)
+    return SearchResult(_best(trials, config), trials, config.goal().minimize, Path(out), summary,
+                        None if final is None else dict(final.get("metrics", {})))
 
 
 def format_result(result: SearchResult, config: SearchConfig) -> str:
@@ -222,17 +232,18 @@ class Study:
     See the module docstring for resuming with ``out`` and for how many trials may be open.
     """
 
-    def __init__(self, grammar: str = "einspace", input_shape: Sequence[int] | None = None, strategy: str = "re",
-                 seed: int = 0, out: str | Path | None = None, *, minimize: bool = False, seeds: Sequence[Any] = (),
-                 budget: int | None = None, epochs: int = 1, population: int = 100, tournament: int = 10,
-                 lag: int = LAG, plugins: Sequence[str] = (), **limits: int):
+    def __init__(self, grammar: str = SearchConfig.grammar, input_shape: Sequence[int] | None = None,
+                 strategy: str = SearchConfig.strategy, seed: int = SearchConfig.seed, out: str | Path | None = None,
+                 *, minimize: bool = False, seeds: Sequence[Any] = (), budget: int | None = None, **settings: Any):
         from einc.ops import feature_for
 
+        for name in ("workers", "data", "objective", "fidelity", "device", "time_limit"):
+            if name in settings:
+                raise StudyError(f"a Study's caller evaluates its trials: {name}= does not apply "
+                                 "(einc.search takes it)")
         self.config = _config(grammar=grammar, input_shape=input_shape, data=None, strategy=strategy, seeds=seeds,
-                              budget=UNLIMITED if budget is None else budget, workers=1, seed=seed, epochs=epochs,
-                              fidelity=(), eta=3, population=population, tournament=tournament, lag=lag,
-                              time_limit=None, device=None, plugins=plugins, objective=ASK_TELL, minimize=minimize,
-                              limits=limits)
+                              settings=dict(settings, budget=UNLIMITED if budget is None else budget, seed=seed,
+                                            objective=ASK_TELL, minimize=minimize))
         self._tmp = tempfile.TemporaryDirectory(prefix="einc-study-") if out is None else None
         self.out = None if out is None else Path(out)
         self.folder = Path(self._tmp.name) if self._tmp is not None else Path(out)  # type: ignore[arg-type]
@@ -364,21 +375,62 @@ class Study:
 
 
 def _config(*, grammar: str, input_shape: Sequence[int] | None, data: str | None, strategy: str,
-            seeds: Sequence[Any], limits: dict[str, Any], **settings: Any) -> SearchConfig:
-    unknown = sorted(set(limits) - set(LIMITS))
+            seeds: Sequence[Any], settings: dict[str, Any]) -> SearchConfig:
+    known = {f.name for f in fields(SearchConfig)} - {"grammar", "input_shape", "data", "strategy", "seeds",
+                                                       "seed_names"}
+    unknown = sorted(set(settings) - known)
     if unknown:
-        raise StudyError(f"unknown setting {', '.join(unknown)}; the limits are {', '.join(LIMITS)}")
+        raise StudyError(f"unknown setting {', '.join(unknown)}; the settings are {', '.join(sorted(known))} "
+                         "(einc.runtime.search.SearchConfig)")
     if input_shape is None and data is None:
         from .candidate import cached_grammar
 
-        input_shape = cached_grammar(grammar, tuple(settings["plugins"])).default_shape()
+        input_shape = cached_grammar(grammar, tuple(settings.get("plugins", ()))).default_shape()
         if input_shape is None:
             raise StudyError(f"grammar {grammar} declares no input shape: give input_shape=")
     names, texts = _seed_texts(seeds)
+    if "plugins" in settings:
+        settings["plugins"] = tuple(str(Path(p).resolve()) for p in settings["plugins"])
     return SearchConfig(grammar=grammar, data=data, input_shape=None if input_shape is None else tuple(input_shape),
-                        strategy=strategy, seeds=texts, seed_names=names,
-                        **dict(settings, plugins=tuple(str(Path(p).resolve()) for p in settings["plugins"])),
-                        **limits)
+                        strategy=strategy, seeds=texts, seed_names=names, **settings)
+
+
+def _data(data: Any, folder: Path) -> str | None:
+    """``data`` as config.json records it: a loaded Dataset is saved as ``folder/data.npz`` first."""
+    from .data import KEYS, Dataset
+
+    if data is None or isinstance(data, str):
+        return data
+    if isinstance(data, Path):
+        return str(data)
+    if not isinstance(data, Dataset):
+        raise StudyError(f"data is a {type(data).__name__}; give a dataset name or path (as --data takes) or an "
+                         "einc.runtime.data.Dataset")
+    import numpy as np
+
+    path = folder / "data.npz"
+    arrays = {k: getattr(data, k) for k in KEYS}
+    if path.exists():
+        with np.load(path, allow_pickle=False) as saved:
+            same = set(saved.files) == set(KEYS) and all(np.array_equal(saved[k], v) for k, v in arrays.items())
+        if same:
+            return str(path.resolve())
+        if (folder / "journal.jsonl").exists():
+            raise StudyError(f"{path}: error: this folder's search was made with other data; use another out")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "data.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return str(path.resolve())
+
+
+def _task_of(data: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """A loaded Dataset's task and metric, unless given: its saved .npz would infer them anew."""
+    from .data import Dataset
+
+    if not isinstance(data, Dataset) or data.task is None:
+        return {}
+    return {k: v for k, v in (("task", data.task.kind), ("metric", data.task.metric)) if k not in settings}
 
 
 def _seed_texts(seeds: Sequence[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:

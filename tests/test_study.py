@@ -14,6 +14,7 @@ import pytest
 
 import einc
 from einc.runtime.journal import Journal
+from einc.runtime.search import SearchConfig
 from einc.runtime.study import Study, StudyError
 from einc.runtime.workers import InlineEvaluator
 
@@ -54,7 +55,7 @@ def _drive(study: Study, count: int, rng: random.Random | None = None) -> None:
 def test_ask_and_tell_give_the_best_and_the_trials():
     study = einc.Study(**RE)
     t = study.ask()
-    assert isinstance(t, einc.Trial) and isinstance(t.arch, einc.Architecture) and t.epochs == 1
+    assert isinstance(t, einc.Trial) and isinstance(t.arch, einc.Architecture) and t.epochs == SearchConfig.epochs
     assert t.folder.is_dir() and study.open == [0]
     result = study.tell(t, {"score": 2.5, "loss": 0.1})
     assert isinstance(result, einc.TrialResult)
