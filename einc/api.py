@@ -21,6 +21,7 @@ from .ein import compile_ein
 from .ein import load as load_table
 from .errors import ArchError, EinError
 from .infer import Inference, infer
+from .key import key as network_key
 from .notation import show
 from .ops import BUILTIN, Library, feature_for
 from .sample import Budget
@@ -104,6 +105,13 @@ class Architecture:
     def text(self) -> str:
         """The canonical bracket string."""
         return show(self.tree)
+
+    @property
+    def key(self) -> str:
+        """The network's key (einc.key), 16 hex digits: equal for derivations that compute the same
+        network (re-associated sequences, branches summed by ``add`` in another order, vanishing
+        identities), different when the function differs (op order, ``concat`` order, arguments)."""
+        return network_key(self.tree)
 
     def __str__(self) -> str:
         return self.text

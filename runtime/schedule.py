@@ -23,7 +23,7 @@ results are taken back, and what was in flight at the kill is submitted again; n
 is trained twice, the journal only grows, and a resumed search writes exactly the journal of an
 uninterrupted one.
 
-``budget`` counts trainings. A proposal that repeats an architecture already proposed is not
+``budget`` counts trainings. A proposal that repeats a network already proposed (the same key, einc.key) is not
 trained: its ``eval`` line copies the first one's result, and it costs no budget (strategies
 redraw such proposals a bounded number of times first). When ``max_repeats`` proposals in a
 row all repeat, the space (under its budgets) holds no more: the search ends early and says so.
@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from einc.errors import EinError
+from einc.key import key
 from einc.notation import show
 from einc.tree import Expansion
 
@@ -127,7 +128,7 @@ class Scheduler:
         self.results: dict[int, dict[str, Any]] = {}  # journaled and observed: indices < self.committed
         self.finished: dict[int, dict[str, Any]] = {}  # trained, waiting for their turn (in self.pending)
         self.committed = 0
-        self.first: dict[str, int] = {}               # architecture -> the proposal that trains it
+        self.first: dict[str, int] = {}               # network key (einc.key) -> the proposal that trains it
         self.running: set[int] = set()
         self.trainings = 0                            # proposals that train (finished or not)
         self.repeats = 0                              # consecutive proposals that repeated earlier ones
@@ -176,17 +177,17 @@ class Scheduler:
             self.repeats = 0
             self.proposals[index], self.trees[index] = record, self.trees[lower]
             return record
-        p = self.strategy.propose(lambda tree: show(tree) in self.first)
-        text = show(p.tree)
+        p = self.strategy.propose(lambda tree: key(tree) in self.first)
+        text, net = show(p.tree), key(p.tree)
         record = {"index": index, "kind": "proposal", "arch": text, "origin": p.origin, "parent": p.parent,
                   "retries": p.retries}
         if len(self.rungs) > 1:
             record.update(rung=0, epochs=self.rungs[0])
-        if text in self.first:
-            record["duplicate_of"] = self.first[text]
+        if net in self.first:
+            record["duplicate_of"] = self.first[net]
             self.repeats += 1
         else:
-            self.first[text] = index
+            self.first[net] = index
             self.trainings += 1
             self.repeats = 0
         self.proposals[index], self.trees[index] = record, p.tree
