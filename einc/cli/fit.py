@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -30,6 +29,7 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
     """
     import warnings
 
+    from einc.runtime.goal import ACCURACY
     from einc.runtime.journal import Journal
 
     from ..ein import grammar_path, read_grammar, read_problem
@@ -41,8 +41,9 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
         path = path / "journal.jsonl"
     if not path.is_file():
         _fail(f"{path}: error: no such journal file")
+    saved = _saved_search(path.parent / "config.json")
     if grammar is None:
-        grammar = _search_grammar(path.parent / "config.json")
+        grammar = saved.grammar if saved is not None else "einspace"
     gpath = grammar_path(grammar)
     try:
         text = read_grammar(gpath)
@@ -50,14 +51,14 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
         _fail(f"{grammar}:1:1: error: cannot read the grammar: {read_problem(e)} (give --grammar)")
     from .. import compile_grammar
 
-    library = load_plugins(plugins or _search_plugins(path.parent / "config.json"))
+    library = load_plugins(plugins or (saved.plugins if saved is not None else ()))
     g = compile_grammar(text, str(gpath), library)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         records = Journal(path).records()
     for w in caught:
         click.echo(str(w.message), err=True)
-    goal = _search_goal(path.parent / "config.json")
+    goal = saved.goal() if saved is not None else ACCURACY
     best: dict[str, tuple[tuple[int, float], int, dict]] = {}
     for r in records:  # each architecture's best evaluation, by the search's own goal (any rung first)
         score = goal.score(r) if r.get("kind", "eval") == "eval" else None
@@ -105,31 +106,13 @@ def fit_(journal: str, output: str, top: int, strength: float, grammar: str | No
         click.echo("  " + line)
 
 
-def _search_plugins(config: Path) -> tuple[str, ...]:
-    """The plugin files a search's config.json names (none when it names none or is unreadable)."""
-    try:
-        value = json.loads(config.read_text(encoding="utf-8")).get("plugins", ())
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return ()
-    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+def _saved_search(config: Path):
+    """The SearchConfig recorded beside a journal (read once), or None when there is none."""
+    from einc.runtime.search import SearchConfig, SearchError
 
-
-def _search_goal(config: Path):
-    """What the search recorded beside a journal optimised (accuracy when there is no config.json)."""
-    from einc.runtime.goal import ACCURACY
-    from einc.runtime.search import SearchConfig
-
-    return SearchConfig.load(config).goal() if config.is_file() else ACCURACY
-
-
-def _search_grammar(config: Path) -> str:
-    """The grammar named in a search's config.json, or einspace when there is none."""
     if not config.is_file():
-        return "einspace"
+        return None
     try:
-        value = json.loads(config.read_text(encoding="utf-8")).get("grammar", "einspace")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
-        _fail(f"{config}: error: cannot read the search configuration ({type(e).__name__}); give --grammar")
-    if not isinstance(value, str):
-        _fail(f"{config}: error: its grammar is not a name or path; give --grammar")
-    return value
+        return SearchConfig.load(config)
+    except SearchError as e:
+        _fail(f"{e}; give --grammar and --plugin, or remove it")

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import click
 
+from ..runtime.search import STRATEGIES, SearchConfig
 from ._common import METRICS, TASKS, _fail, _has_bracket, _plugin_option, _shape_option
 from .sample import _budget_options
 
+_D = SearchConfig()  # the defaults the flags show: SearchConfig is their one home
+
 
 @click.command()
-@click.option("--grammar", default="einspace", show_default=True, help="A .ein file or a bundled grammar name.")
+@click.option("--grammar", default=_D.grammar, show_default=True, help="A .ein file or a bundled grammar name.")
 @click.option("--data", default=None,
               help='"digits" (embedded, no download), an Unseen-NAS folder, or a .npz file '
                    "[default: digits; none with --objective].")
@@ -30,33 +33,33 @@ from .sample import _budget_options
 @click.option("--metric", type=click.Choice(METRICS), default=None,
               help="The validation metric searched for: accuracy, error (classification); map, auroc "
                    "(multilabel); mse, mae, r2 (regression); rel-l2, mse, auroc (dense) [default: the first].")
-@click.option("--strategy", type=click.Choice(["rs", "re", "sample"]), default="re", show_default=True,
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy, show_default=True,
               help="Random search, regularised evolution, or random sampling.")
 @click.option("--seeds", "seed_files", multiple=True,
               help="Seeds of the evolution's population (repeatable): an architecture file, a bundled seed "
                    "(resnet18, vit, wrn16_4_published, ...), mix (the paper's RE(Mix): all four published) "
                    "or a bracket-notation string.")
-@click.option("--budget", type=click.IntRange(1), default=20, show_default=True, help="Evaluations.")
-@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True, help="Epochs per evaluation.")
+@click.option("--budget", type=click.IntRange(1), default=_D.budget, show_default=True, help="Evaluations.")
+@click.option("--epochs", type=click.IntRange(1), default=_D.epochs, show_default=True, help="Epochs per evaluation.")
 @click.option("--final-epochs", type=click.IntRange(1), default=None,
               help="Epochs to retrain the best on train+valid [default: --epochs].")
 @click.option("--fidelity", default=None, callback=lambda c, p, v: _epochs_list(v),
               help="Multi-fidelity: epochs per rung of successive halving, e.g. 1,3,9 (replaces --epochs).")
-@click.option("--eta", type=click.IntRange(2), default=3, show_default=True,
+@click.option("--eta", type=click.IntRange(2), default=_D.eta, show_default=True,
               help="With --fidelity: the best 1/ETA of each rung is trained again for the next rung's epochs.")
-@click.option("--population", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--tournament", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.04, show_default=True)
-@click.option("--weight-decay", "weight_decay", type=click.FloatRange(0), default=3e-4, show_default=True,
+@click.option("--population", type=click.IntRange(1), default=_D.population, show_default=True)
+@click.option("--tournament", type=click.IntRange(1), default=_D.tournament, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_D.lr, show_default=True)
+@click.option("--weight-decay", "weight_decay", type=click.FloatRange(0), default=_D.weight_decay, show_default=True,
               help="SGD weight decay (the paper's per-task values: docs/tasks.md).")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling, mutation and training.")
+@click.option("--batch-size", type=click.IntRange(1), default=_D.batch_size, show_default=True)
+@click.option("--seed", type=int, default=_D.seed, show_default=True, help="Seeds sampling, mutation and training.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda when present]")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1), default=_D.workers, show_default=True,
               help="Candidates trained at once, each in its own process; the results do not depend on it.")
-@click.option("--lag", type=click.IntRange(0), default=None,
+@click.option("--lag", type=click.IntRange(0), default=_D.lag, show_default=True,
               help="Proposal k is made from the results of proposals before k - LAG, in proposal order, so a "
-                   "seed gives one journal whatever --workers is; more than LAG / 2 workers may wait [default: 8].")
+                   "seed gives one journal whatever --workers is; more than LAG / 2 workers may wait.")
 @click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds one evaluation may take before it counts as failed.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile each candidate (for GPUs).")
@@ -88,8 +91,8 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
     from tqdm import tqdm
 
     from einc.runtime.report import format_summary
-    from einc.runtime.search import SearchConfig, run_search
     from einc.runtime.stop import stop_on_signals
+    from einc.runtime.study import format_result, run
 
     # execution settings, not the search's: they stay out of SearchConfig and config.json
     ray_address, gpus_per_eval, retries = kw.pop("ray_address"), kw.pop("gpus_per_eval"), kw.pop("retries")
@@ -113,7 +116,7 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
                           final_epochs=final_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                           time_limit=time_limit, workers=workers, compile=compile_model, amp=amp, graphs=graphs,
                           plugins=tuple(str(Path(f).resolve()) for f in plugins), objective=objective,
-                          input_shape=input_shape, **({} if lag is None else {"lag": lag}), **kw)
+                          input_shape=input_shape, lag=lag, **kw)
     if ray_address is not None:
         from einc.runtime.cluster import RayMissing, resume_command, search_evaluator
 
@@ -143,13 +146,7 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
 
             if resume and (Path(out) / "config.json").exists():
                 config = SearchConfig.load(Path(out) / "config.json")
-            if config.objective is not None:  # einc.search's path: the user's function scores each candidate
-                from einc.runtime.study import run
-
-                result = run(config, out, resume=resume, on_progress=show, evaluator=evaluator)
-                summary = result.summary
-            else:
-                summary = run_search(config, out, resume=resume, on_progress=show, evaluator=evaluator)
+            result = run(config, out, resume=resume, on_progress=show, evaluator=evaluator)  # einc.search's path
         except KeyboardInterrupt as e:  # Stopped by a signal, or a plain KeyboardInterrupt
             stopped = e
         finally:  # every wait in here is bounded; a second signal exits at once
@@ -160,14 +157,13 @@ def search(grammar, data, strategy, seed_files, budget, epochs, final_epochs, fi
         if stopped is not None:
             _stopped(stopped, out, hint)
         if config.objective is not None:
-            from einc.runtime.study import format_result
-
             click.echo(format_result(result, config))
             if result.best is None:
                 _fail(f"{out}: error: every evaluation failed "
                       f"({', '.join(sorted({str(t.reason).split(':')[0] for t in result.trials}))}); "
                       "nothing to report as best")
             return
+        summary = result.summary
         click.echo(format_summary(summary, Path(out)))
         if summary["best_index"] is None:
             _fail(f"{out}: error: every evaluation failed "
