@@ -80,7 +80,8 @@ def summarize(config, grammar, shape, num_classes: int | None, records: list[dic
         rec = next((r for r in evals if r["arch"] == canonical and "duplicate_of" not in r), None)
         seeds[name] = _acc(rec) if rec else None
     summary: dict[str, Any] = {
-        "strategy": config.strategy, "data": config.data, "grammar": config.grammar, "input_shape": list(shape),
+        "strategy": config.strategy, "data": config.data, "objective": config.objective, "grammar": config.grammar,
+        "input_shape": list(shape),
         "classes": task.num_classes if task is not None else num_classes,
         "task": task.kind if task is not None else None,
         "metric": task.metric if task is not None else key,
@@ -187,7 +188,8 @@ def format_summary(s: dict[str, Any], out: Path | None = None) -> str:
     def pct(x: float | None) -> str:  # a value of the metric
         return f"{x:.4g}" if x is not None and not percent else share(x)
 
-    lines = [f"{s['strategy']} on {s['data']} (input {'x'.join(map(str, s['input_shape']))}, {_what(s)}): "
+    scored = f"with objective {s.get('objective')}" if s.get("objective") and not s["data"] else f"on {s['data']}"
+    lines = [f"{s['strategy']} {scored} (input {'x'.join(map(str, s['input_shape']))}, {_what(s)}): "
              f"{s['trained']} trained ({s['failed']} failed), {s['reused_duplicates']} repeats reused, "
              f"{s['retried_proposals']} repeated proposals redrawn"]
     for name, acc in s[f"seed_{key}"].items():

@@ -62,3 +62,21 @@ def test_bad_calls_say_what_to_give():
         einc.search(data="digits10", epoch=3)
     with pytest.raises(StudyError, match="give a dataset name or path"):
         einc.search(data=[1, 2, 3])
+
+
+def _fewest_params(arch, ctx):
+    return -arch.infer(ctx.input_shape).params
+
+
+def test_report_of_an_objective_search_names_the_objective(tmp_path):
+    from click.testing import CliRunner
+
+    from einc.cli import main
+    from einc.runtime.workers import InlineEvaluator
+
+    einc.search(_fewest_params, input_shape=(1, 8, 8), strategy="rs", budget=2, out=tmp_path,
+                evaluator=InlineEvaluator(), max_params=100_000, max_flops=5_000_000)
+    r = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("rs with objective ") and "_fewest_params" in r.output.splitlines()[0]
+    assert "None" not in r.output.splitlines()[0]
