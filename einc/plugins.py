@@ -10,8 +10,16 @@ import importlib.util
 from pathlib import Path
 
 from .errors import EinError
-from .ops import Op
+from .ops import BUILTIN, Library, Op
 from .ops.base import OpError
+
+
+def library(paths: tuple[str, ...] | list[str] = ()) -> Library:
+    """The built-in library extended by each plugin file's ``OPS`` (the CLI, the API and workers all load so)."""
+    lib = BUILTIN
+    for path in paths:
+        lib = lib.extend(load_plugin(path))
+    return lib
 
 
 def load_plugin(path: str | Path) -> list[Op]:

@@ -18,13 +18,9 @@ from typing import Any
 def load_grammar(path: str, plugins: tuple[str, ...] = ()):
     """A search's grammar, with the operations of its plugin files (a worker loads them itself)."""
     import einc
-    from einc.ops import BUILTIN
-    from einc.plugins import load_plugin
+    from einc.plugins import library
 
-    library = BUILTIN
-    for plugin in plugins:
-        library = library.extend(load_plugin(plugin))
-    return einc.load(path, library)
+    return einc.load(path, library(plugins))
 
 
 @functools.lru_cache(maxsize=4)

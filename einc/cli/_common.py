@@ -102,13 +102,9 @@ def _shape_option(f):
 
 def load_plugins(paths: tuple[str, ...]):
     """The built-in library, extended by each plugin file's ``OPS`` list (explicit opt-in only)."""
-    from ..ops import BUILTIN
-    from ..plugins import load_plugin
+    from ..plugins import library
 
-    library = BUILTIN
-    for path in paths:
-        library = library.extend(load_plugin(path))
-    return library
+    return library(paths)
 
 
 _plugin_option = click.option("--plugin", "plugins", multiple=True, type=click.Path(dir_okay=False),
