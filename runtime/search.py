@@ -140,13 +140,19 @@ class SearchConfig:
                 "metric": self.metric}
 
     @classmethod
-    def load(cls, path: Path) -> SearchConfig:
+    def load(cls, path: Path, resuming: bool = False) -> SearchConfig:
+        """The configuration saved at ``path``; ``resuming`` refuses one einc can only report on."""
         try:
             raw = json.loads(path.read_text())
             known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in raw.items() if k in known})
+            config = cls(**{k: v for k, v in raw.items() if k in known})
         except (OSError, ValueError, TypeError) as e:
             raise SearchError(f"{path}: error: cannot read the search configuration ({e})") from None
+        if resuming and "lag" not in raw:
+            raise SearchError(f"{path}: error: this search was recorded by einc 0.1.0, which journaled results "
+                              "in the order they finished; einc now keeps them in proposal order, so it cannot "
+                              "continue it (the journal is kept as it is, and `einc report` still reads it)")
+        return config
 
 
 @dataclass
@@ -220,11 +226,7 @@ def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, 
     if resume:
         if not cfg_path.exists():
             raise SearchError(f"{out}: error: nothing to resume (no config.json)")
-        config = SearchConfig.load(cfg_path)
-        if "lag" not in json.loads(cfg_path.read_text()):
-            raise SearchError(f"{cfg_path}: error: this search was recorded by einc 0.1.0, which journaled results "
-                              "in the order they finished; einc now keeps them in proposal order, so it cannot "
-                              "continue it (the journal is kept as it is, and `einc report` still reads it)")
+        config = SearchConfig.load(cfg_path, resuming=True)
         blob = _shipped_objective(config, objective)
     else:
         blob = _shipped_objective(config, objective)  # before anything is written: a bad objective leaves nothing
