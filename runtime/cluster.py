@@ -291,8 +291,8 @@ class RayEvaluator(SlotPool):
 
         kwargs = dict(job.kwargs)
         if "data" in job.shared and isinstance(kwargs.get("data"), str):
-            key = ("data", kwargs["data"], kwargs.get("data_seed", 0))
-            kwargs["data"] = self._put(key, lambda: candidate.cached_dataset(key[1], key[2]))
+            data: tuple = ("data", kwargs["data"], kwargs.get("data_seed", 0), kwargs.get("task"), kwargs.get("metric"))
+            kwargs["data"] = self._put(data, lambda: candidate.cached_dataset(*data[1:]))  # as the job's task
         if "grammar" in job.shared and isinstance(kwargs.get("grammar"), str):
             key = ("grammar", kwargs["grammar"], tuple(kwargs.get("plugins", ())))
             kwargs["grammar"] = self._put(key, lambda: candidate.cached_grammar(key[1], key[2]))

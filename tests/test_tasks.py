@@ -352,3 +352,21 @@ def test_an_x_y_pair_takes_any_task(tmp_path):
     assert d.input_shape == (12, 3) and d.task == Task("regression", "r2", (1,)) and len(d.train_y) == 28
     np.save(tmp_path / "y.npy", rng.normal(size=(40, 12, 2)))
     assert load_data(spec).task == Task("dense", "rel-l2", (12, 2))
+
+
+def test_a_remote_backend_ships_the_data_as_the_jobs_task(tmp_path):
+    """A float vector of targets is only regression when told (--task): the dataset a Ray evaluator
+    loads once and ships must be loaded as the job's task, or it fails as classification."""
+    from einc.runtime.candidate import evaluate
+    from einc.runtime.cluster import RayEvaluator
+    from einc.runtime.search import SHARED
+    from einc.runtime.workers import Job
+
+    path = npz(tmp_path, np.random.default_rng(0).normal(size=(30, 1, 4, 4)).astype(np.float32),
+               np.linspace(0, 1, 30).astype(np.float32))
+    ev = RayEvaluator.__new__(RayEvaluator)  # no Ray needed: the object store is this dict
+    ev.gpus_per_eval, ev._put = 0.0, lambda key, load: load()
+    kwargs = ev._prepare(Job("0", evaluate, {"data": str(path), "data_seed": 0, "task": "regression",
+                                             "metric": "mae", "grammar": "einspace", "device": None}, SHARED))
+    assert kwargs["data"].task.kind == "regression" and kwargs["data"].task.metric == "mae"
+    assert kwargs["device"] == "cpu"
