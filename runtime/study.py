@@ -56,6 +56,7 @@ from .journal import Journal, json_default
 from .objective import ASK_TELL, ObjectiveError, check_callable, describe, metrics
 from .schedule import ReplayError, Scheduler
 from .search import SearchConfig, SearchError, _setup, _setup_grammar, _write_atomic, run_search
+from .trials import rows as trial_rows
 from .workers import Job, Outcome
 
 UNLIMITED = 1_000_000_000
@@ -118,6 +119,7 @@ class SearchResult:
     out: Path | None
     summary: dict[str, Any] = field(repr=False)
     final: dict[str, Any] | None = None  # the best retrained on train + validation, scored on test (einc's training)
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # every evaluation, as `einc trials` prints
 
 
 # --------------------------------------------------------------------------- einc.search
@@ -170,7 +172,8 @@ def run(config: SearchConfig, out: str | Path, resume: bool = False, evaluator: 
     trials = [_result(r, grammar, shape, config) for r in _evals(records)]
     final = next((r for r in records if r.get("kind") == "final"), None)
     return SearchResult(_best(trials, config), trials, config.goal().minimize, Path(out), summary,
-                        None if final is None else dict(final.get("metrics", {})))
+                        None if final is None else dict(final.get("metrics", {})),
+                        trial_rows(records, config.goal(), config.epochs))
 
 
 def format_result(result: SearchResult, config: SearchConfig) -> str:
@@ -334,6 +337,11 @@ class Study:
     def trials(self) -> list[TrialResult]:
         """Every told trial, in proposal order."""
         return [self._told(r) for r in _evals(self._scheduler.known())]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every told trial, repeats too, as the flat rows ``einc trials`` prints (runtime/trials.py)."""
+        return trial_rows(self._scheduler.known(), self.config.goal(), self.config.epochs)
 
     @property
     def best(self) -> TrialResult | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from . import check, compile, draw, fit, fmt, proxies, sample, search
+from . import check, compile, draw, fit, fmt, proxies, sample, search, trials
 from ._common import INTERNAL_ERROR, _Group, load_plugins, looks_like_arch, parse_shape, read_arch_argument
 
 __all__ = ["INTERNAL_ERROR", "load_plugins", "looks_like_arch", "main", "parse_shape", "read_arch_argument"]
@@ -23,5 +23,5 @@ def main() -> None:
 
 
 for _command in (check.check, compile.compile_, draw.draw_, fit.fit_, fmt.fmt_, sample.sample, sample.stats,
-                 search.search, search.report, proxies.proxies):
+                 search.search, search.report, proxies.proxies, trials.trials):
     main.add_command(_command)
