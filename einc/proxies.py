@@ -161,7 +161,7 @@ def synflow(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss:
     finally:
         torch.set_default_dtype(previous)
     with torch.no_grad():
-        value = float(sum((p * p.grad).sum() for p in model.parameters() if p.grad is not None))
+        value = math.fsum(float((p * p.grad).sum()) for p in model.parameters() if p.grad is not None)
     if not math.isfinite(value):
         raise ProxyError("synflow overflows float64 on this network")
     return value
