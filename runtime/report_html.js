@@ -161,7 +161,8 @@ function progressCharts() {
   const fails = (r, x) => [x, M.minimize ? yhi : ylo, r, "fail"];
   const [, line1] = bestCurve(trained, (r) => nth.get(r));
   chart(document.getElementById("by-training"), {
-    x: { lo: 0, hi: Math.max(1, trained.length), log: false, fmt: (t) => String(t), label: "trainings" },
+    x: { lo: 0, hi: Math.max(1, trained.length), log: false, fmt: (t) => String(t), label: "trainings",
+         ticks: (lo, hi) => ticks(lo, hi, false).filter(Number.isInteger) },
     y: yAxis(ylo, yhi), extend: true,
     points: trained.map((r) => (E.v[r] === null ? fails(r, nth.get(r)) : [nth.get(r), E.v[r], r, ""])),
     lines: [["best", line1]] });
@@ -296,7 +297,8 @@ function header() {
     `(${M.minimize ? "lower" : "higher"} is better) · written ${esc(when)}</p>`;
 }
 function progress() {
-  const b = M.budget, share = b ? Math.min(1, P.trained / b) : 0, wall = N ? Math.max(...E.f.filter((f) => f !== null), 0) : 0;
+  const b = M.budget, share = b ? Math.min(1, P.trained / b) : 0;
+  const wall = M.live ? M.generated - M.t0 : Math.max(0, ...E.f.filter((f) => f !== null));
   const left = M.live && b && P.evaluations_per_minute ? ((b - P.trained) / P.evaluations_per_minute) * 60 : null;
   return `<h2>Progress</h2>` + (b ? `<div class="bar"><div style="width:${(100 * share).toFixed(1)}%"></div></div>` : "") +
     `<div class="figs"><span><b>${P.trained}</b>${b ? ` of ${b}` : ""} trainings${b ? ` (${(100 * share).toFixed(0)}%)` : ""}</span>` +

@@ -6,7 +6,8 @@ derived from the journal alone (``trials.folder_records``), so ``einc report OUT
 any time, and the search rewrites it (``LivePage``) after evaluations: atomically (a reader never
 sees half a file), at most once per second and never more than ``SHARE`` of the search's time
 (a rewrite reads the journal and may draw a new best). While a search holds its folder's lock the
-page reloads itself every ``RELOAD`` seconds, keeping its scroll, sort and selection.
+page reloads itself every ``RELOAD`` seconds (or as seldom as it is rewritten, for a large search),
+keeping its scroll, sort and selection.
 
 What it holds: progress against the budget, best-so-far against trainings and wall time, the
 Pareto fronts (``report.pareto``), the best architecture drawn (``einc draw``), in bracket
@@ -44,6 +45,7 @@ TOP = 10  # the best architectures the alternatives' shares are counted in (einc
 SAMPLE = 500  # at most this many of the run's architectures are counted for its shares (evenly spaced)
 BLOCK = 500  # architectures per compressed block
 SHARE = 0.05  # the most of a search's time LivePage may spend rewriting the page
+SETTLE = 0.25  # seconds a rewrite waits after an evaluation, for the proposals that follow it
 ASSETS = Path(__file__).parent
 
 
@@ -54,6 +56,7 @@ class Cache:
 
     uses: dict[str, dict[tuple[Any, int], int] | None] = field(default_factory=dict)
     drawing: tuple[str, str] = ("", "")
+    drew: float = 0.0  # seconds the last build spent drawing a new best (matplotlib's import, the first time)
     blocks: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
@@ -65,7 +68,7 @@ def metric_name(goal: Goal) -> tuple[str, bool]:
 
 def build(records: list[dict[str, Any]], config: Any, goal: Goal, grammar: Any = None,
           shape: tuple[int, ...] | None = None, *, live: bool = False, cache: Cache | None = None,
-          title: str = "einc search", now: float | None = None) -> str:
+          title: str = "einc search", now: float | None = None, reload: float = RELOAD) -> str:
     """The page's HTML for a search's journal ``records`` (any kinds; pending results included).
 
     ``config`` is the search's ``SearchConfig``; ``grammar`` and ``shape`` (its input) draw the best
@@ -88,7 +91,7 @@ def build(records: list[dict[str, Any]], config: Any, goal: Goal, grammar: Any =
             "objective": config.objective, "metric": goal.metric, "label": label, "percent": percent,
             "minimize": goal.minimize, "budget": config.budget if config.budget < 1_000_000_000 else None,
             "workers": sessions[-1].get("workers", config.workers) if sessions else config.workers,
-            "fidelity": list(config.fidelity), "eta": config.eta, "live": live, "reload": RELOAD,
+            "fidelity": list(config.fidelity), "eta": config.eta, "live": live, "reload": round(reload),
             "generated": round(time.time() if now is None else now, 3), "t0": t0,
             "finished": any(r.get("kind") == "final" for r in records),
             "input": list(shape) if shape else None,
@@ -163,9 +166,11 @@ def reuse_drawing(out: Path, cache: Cache) -> None:
 class LivePage:
     """The search's page while it runs: ``update()`` after an evaluation, ``finish()`` at the end.
 
-    A rewrite happens in a background thread, at most once per ``max(1 s, cost / SHARE)``: a
-    burst of evaluations is one rewrite, and the last state of a burst is written when the
-    interval has passed, not at the next evaluation (which may be an hour away). A failing
+    A rewrite happens in a background thread, at most once per ``max(1 s, cost / SHARE)`` (the
+    cost without drawing a new best, which is rare and, the first time, imports matplotlib) and
+    ``SETTLE`` after the evaluation that asked for it: a burst of evaluations is one rewrite, and
+    the last state of a burst is written when the interval has passed, not at the next evaluation
+    (which may be an hour away). A failing
     rewrite warns and stops rewriting; the search goes on. The thread is a daemon: a stopped
     search does not wait for it."""
 
@@ -176,13 +181,16 @@ class LivePage:
         self._wake = threading.Condition()
         self._dirty = self._closed = False
         self._next = time.monotonic() + 1.0
+        self._every = 1.0  # seconds between rewrites: max(1 s, the last one's cost / SHARE)
         self._thread: threading.Thread | None = None
 
     def update(self) -> None:
         with self._wake:
             if self._closed:
                 return
-            self._dirty = True
+            if not self._dirty:  # what follows an evaluation (the next proposals) lands within SETTLE
+                self._next = max(self._next, time.monotonic() + SETTLE)
+                self._dirty = True
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="einc-report-page", daemon=True)
                 self._thread.start()
@@ -209,7 +217,7 @@ class LivePage:
                 if self._closed:
                     return
                 self._dirty = False
-            t = time.monotonic()
+            t, self.cache.drew = time.monotonic(), 0.0
             try:
                 self._write(live=True)
             except Exception as e:
@@ -217,12 +225,12 @@ class LivePage:
                 with self._wake:
                     self._closed = True
                 return
-            cost = time.monotonic() - t
-            self._next = time.monotonic() + max(1.0, cost / SHARE)
+            self._every = max(1.0, (time.monotonic() - t - self.cache.drew) / SHARE)  # a new best's drawing is rare
+            self._next = time.monotonic() + self._every
 
     def _write(self, live: bool) -> None:
         text = build(_snapshot(self.out), self.config, self.goal, self.grammar, self.shape, live=live,
-                     cache=self.cache, title=self.title)
+                     cache=self.cache, title=self.title, reload=max(RELOAD, self._every) if live else RELOAD)
         with self._wake:
             if live and self._closed:
                 return  # finish() has written, or will write, the final page
@@ -296,7 +304,9 @@ def _best(r: dict[str, Any], goal: Goal, grammar: Any, shape: tuple[int, ...] | 
            "epochs": r.get("epochs"), "text": r["arch"], "formatted": layout(parse_syntax(r["arch"])), "svg": ""}
     if grammar is not None and shape is not None:
         if cache.drawing[0] != r["arch"]:
+            t = time.monotonic()
             cache.drawing = (r["arch"], _drawing(grammar, r["arch"], shape))
+            cache.drew = time.monotonic() - t
         out["svg"] = cache.drawing[1]
     return out
 
