@@ -25,6 +25,7 @@ proposals). Required keys per kind::
     eval          index, arch, status      its evaluation finished (or reused ``duplicate_of``'s)
     session       started                  a process started (or resumed) the search
     final         -                        the best architecture retrained and tested
+    warmup        chosen                   the initial population a zero-cost proxy chose (runtime/warmup.py)
 
 Types checked wherever a key appears (keys may be added; readers ignore unknown ones)::
 
@@ -95,6 +96,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "eval": ("index", "arch", "status"),
     "session": ("started",),
     "final": (),
+    "warmup": ("chosen",),
 }
 """Each kind of record the search writes, and the keys it cannot do without."""
 

@@ -28,8 +28,10 @@ from .report_html import LivePage
 from .schedule import LAG
 from .task import Task, TaskError, check_choice
 from .train_config import TrainConfig
+from .warmup import problem as _warmup_problem
+from .warmup import warm_up
 
-STRATEGIES = ("rs", "re", "sample")
+STRATEGIES = ("rs", "re", "sample", "bo")
 SHARED = ("grammar", "data")
 """The kwargs of a search's jobs that name its grammar and dataset (``Job.shared``)."""
 
@@ -54,6 +56,8 @@ class SearchConfig:
     budget: int = 20
     population: int = 100
     tournament: int = 10
+    prefilter: int = 1  # evolution trains the surrogate's pick of this many children (runtime/prefilter.py); 1: off
+    warmup: str | None = None  # "PROXY:K": the initial population is the best of K samples by PROXY (runtime/warmup.py)
     epochs: int = TrainConfig.epochs
     final_epochs: int | None = None  # the retrain on train+valid; None: same as epochs
     lr: float = TrainConfig.lr
@@ -103,6 +107,10 @@ class SearchConfig:
                               "and increasing")
         if self.eta < 2:
             raise SearchError(f"eta={self.eta}: successive halving keeps the best 1/eta, so eta must be >= 2")
+        if self.prefilter < 1 or self.prefilter > 1 and self.strategy != "re":
+            raise SearchError(f"prefilter={self.prefilter}: children per proposal (>= 1) of evolution (strategy re)")
+        if self.warmup is not None and (problem := _warmup_problem(self.warmup, self.strategy, self.data)):
+            raise SearchError(problem)
         try:
             check_choice(self.task, self.metric)
         except TaskError as e:
@@ -269,6 +277,9 @@ def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, 
                 raise SearchError(f"{journal.path}: error: record {r.get('index')} was made with another version "
                                   f"of grammar {config.grammar}; resume with the grammar it was started with")
 
+        if config.warmup is not None:  # the initial population: the best samples by a zero-cost proxy
+            strategy.seeds += warm_up(config.warmup, strategy.size - len(strategy.seeds), config.seed, grammar, data,
+                                      strategy.sampler, config.batch_size, journal, records)
         progress = Progress(total=config.budget)
         goal = config.goal()
 
@@ -374,6 +385,8 @@ def _setup(config: SearchConfig):
     """Grammar, data and strategy of a search; the strategy's RNG starts from ``config.seed``."""
     from einc.sample import Sampler
 
+    from .bo import BayesianOptimisation
+    from .prefilter import PrefilteredEvolution
     from .strategies import RandomSearch, RegularisedEvolution
 
     grammar = _setup_grammar(config)
@@ -390,6 +403,11 @@ def _setup(config: SearchConfig):
     rng = random.Random(config.seed)
     names = config.seed_names or tuple(f"seed {i}" for i in range(len(config.seeds)))
     seeds = tuple(_seed_tree(grammar, text, name, shape) for text, name in zip(config.seeds, names, strict=False))
+    if config.strategy == "bo":
+        return grammar, data, BayesianOptimisation(sampler, rng, seeds)
+    if config.strategy == "re" and config.prefilter > 1:
+        return grammar, data, PrefilteredEvolution(sampler, rng, config.population, config.tournament, seeds,
+                                                   config.prefilter)
     if config.strategy == "re":
         return grammar, data, RegularisedEvolution(sampler, rng, config.population, config.tournament, seeds)
     return grammar, data, RandomSearch(sampler, rng, config.strategy)

@@ -109,6 +109,10 @@ class RegularisedEvolution:
             if self.seeds:  # copies are deliberate (the paper seeds the whole population)
                 return Proposal(self.seeds[k % len(self.seeds)], None, "seed")
             return RandomSearch(self.sampler, self.rng).propose(avoid)
+        return self.child(avoid)
+
+    def child(self, avoid: Avoid = _never) -> Proposal:
+        """A mutation of a tournament's winner (runtime/prefilter.py draws several and keeps one)."""
         if not self.population:
             raise RuntimeError("propose() after the initial population needs observe() of some of it")
         retries = failures = 0

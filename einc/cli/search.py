@@ -34,7 +34,7 @@ _D = SearchConfig()  # the defaults the flags show: SearchConfig is their one ho
               help="The validation metric searched for: accuracy, error (classification); map, auroc "
                    "(multilabel); mse, mae, r2 (regression); rel-l2, mse, auroc (dense) [default: the first].")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy, show_default=True,
-              help="Random search, regularised evolution, or random sampling.")
+              help="Random search, regularised evolution, random sampling, or Bayesian optimisation (WL-kernel GP).")
 @click.option("--seeds", "seed_files", multiple=True,
               help="Seeds of the evolution's population (repeatable): an architecture file, a bundled seed "
                    "(resnet18, vit, wrn16_4_published, ...), mix (the paper's RE(Mix): all four published) "
@@ -49,6 +49,12 @@ _D = SearchConfig()  # the defaults the flags show: SearchConfig is their one ho
               help="With --fidelity: the best 1/ETA of each rung is trained again for the next rung's epochs.")
 @click.option("--population", type=click.IntRange(1), default=_D.population, show_default=True)
 @click.option("--tournament", type=click.IntRange(1), default=_D.tournament, show_default=True)
+@click.option("--prefilter", type=click.IntRange(1), default=_D.prefilter, show_default=True, metavar="M",
+              help="Evolution draws M children per proposal and trains the one a surrogate fitted to the scores "
+                   "so far (a WL-kernel GP over derivation trees) predicts best.")
+@click.option("--warmup", default=None, metavar="PROXY:K",
+              help="Seed the initial population (re, bo) with the best of K samples by a zero-cost proxy on one "
+                   "minibatch: params, flops, synflow, naswot, jacob_cov, grad_norm or snip.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=_D.lr, show_default=True)
 @click.option("--weight-decay", "weight_decay", type=click.FloatRange(0), default=_D.weight_decay, show_default=True,
               help="SGD weight decay (the paper's per-task values: docs/tasks.md).")
