@@ -15,8 +15,8 @@ from functools import lru_cache
 from .errors import ArchError, Span
 from .notation import Call, Item, Seq, parse_syntax, strip_bom
 from .ops import show_value
-from .table import Alternative, Branches, OpCall, Ref, RuleTable, merge_params
-from .tree import Expansion, Fork, Leaf, Node, deep
+from .table import Alternative, Branches, OpCall, Ref, Rule, RuleTable, merge_params
+from .tree import Expansion, Fork, Leaf, Node, deep, gc_paused
 
 __all__ = ["parse"]
 
@@ -48,12 +48,12 @@ class _Resolve:
 
     def nonterminal(self, item: Item, head: str, fs: FState, path, chain: frozenset = frozenset()):
         """(Expansion, state after it); ``chain`` holds the elided nonterminals above, in their states."""
-        env = {"m": fs[0], "b": fs[1], **dict(fs[2])}
-        rule = self.table.rule_for(head, env)
+        rule, labels = self.rule(head, fs)
         if rule is None:
+            env = {"m": fs[0], "b": fs[1], **dict(fs[2])}
             state = ", ".join(f"{k}={'mixed' if v is None else show_value(v)}" for k, v in env.items())
             raise self.error(item, f'no rule of "{head}" applies with {state}', path)
-        if isinstance(item, Call) and any(a.label == item.name for a in rule.alternatives):
+        if isinstance(item, Call) and item.name in labels:
             return (yield self.labelled(item, head, rule.alternatives, fs, path))
         if not isinstance(item, Call) or item.name not in self.names(head, rule):
             raise self.error(item, self._expected(item, head, rule), path)
@@ -74,6 +74,16 @@ class _Resolve:
             except ArchError as e:
                 first_error = first_error or e
         raise first_error or self.error(item, self._expected(item, head, rule), path)
+
+    def rule(self, head: str, fs: FState) -> tuple[Rule | None, frozenset[str]]:
+        """The rule of ``head`` in state ``fs`` and its alternatives' labels (cached per grammar: a
+        parse asks once per node, and a state's guards are evaluated once)."""
+        key = ("arch-rule", head, fs)
+        cache = self.table.cache
+        if key not in cache:
+            rule = self.table.rule_for(head, {"m": fs[0], "b": fs[1], **dict(fs[2])})
+            cache[key] = rule, frozenset(a.label for a in rule.alternatives if a.label) if rule else frozenset()
+        return cache[key]
 
     def names(self, head: str, rule) -> frozenset[str]:
         """Every name that can stand for ``head`` under ``rule``: labels and elided ops."""
@@ -213,8 +223,10 @@ def parse(text: str, table: RuleTable, mode: str | None = None) -> Expansion:
 @lru_cache(maxsize=4096)
 def _parse_cached(text: str, table: RuleTable, mode: str) -> Expansion:
     text = strip_bom(text)
-    item = parse_syntax(text)
-    tree, _ = deep(_Resolve(table, text).nonterminal(item, table.start.symbol, (mode, 1, table.start.params), None))
+    with gc_paused():
+        item = parse_syntax(text)
+        tree, _ = deep(_Resolve(table, text).nonterminal(item, table.start.symbol, (mode, 1, table.start.params),
+                                                         None))
     return tree
 
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 from .errors import ShapeError
 from .ops import Feature, Features, Library, NotApplicable, feature_for
-from .tree import Expansion, Fork, Leaf, Node, Path, deep
+from .tree import Expansion, Fork, Leaf, Node, Path, Trail, deep, gc_paused
 
 
 @dataclass(frozen=True, slots=True)
 class Layer:
-    path: Path
+    at: Trail  # where in the tree; ``path`` is its tuple
     op: str
     args: tuple
     inputs: Features
@@ -25,6 +25,10 @@ class Layer:
     params: int
     flops: int
     copies: int  # how many times a repeated subtree instantiates this layer
+
+    @property
+    def path(self) -> Path:
+        return self.at.path
 
 
 @dataclass(frozen=True)
@@ -51,50 +55,70 @@ def infer(tree: Node, library: Library, input_shape: tuple[int, ...], text: str 
     """Shapes and costs of ``tree`` on a per-sample input of ``input_shape`` (batch excluded)."""
     inp = (feature_for(tuple(input_shape)),)
     layers: list[Layer] = []
-    out = deep(_walk(tree, inp, (), 1, library, layers, text))  # any depth the sampler's budget allows
+    with gc_paused():
+        out = deep(_walk(tree, inp, Trail(), 1, library, layers, text))  # any depth the sampler's budget allows
     return Inference(inp, out, tuple(layers))
 
 
-def _walk(node: Node, fs: Features, path: Path, copies: int, library: Library, layers: list[Layer],
+def _walk(node: Node, fs: Features, trail: Trail, copies: int, library: Library, layers: list[Layer],
           text: str | None):
-    """The features after ``node``; a generator run by einc.tree.deep (``yield`` is the recursive call)."""
-    if isinstance(node, Leaf):
-        op = library.get(node.op)
-        if op is None:
-            raise ShapeError(f'unknown operation "{node.op}"', text, *_where(node), path)
-        try:
-            out = op.apply(fs, node.args)
-        except NotApplicable as e:
-            raise ShapeError(f"{node.op}: {e} (input {', '.join(map(str, fs))})", text, *_where(node), path) from None
-        cost = op.cost(fs, **dict(node.args))
-        layers.append(Layer(path, node.op, node.args, fs, out, cost.params, cost.flops, copies))
-        return out
-    if isinstance(node, Expansion):
-        for i, child in enumerate(node.children):
-            fs = yield _walk(child, fs, path + (i,), copies, library, layers, text)
-        return fs
-    assert isinstance(node, Fork)
+    """The features after ``node``; a generator run by einc.tree.deep (``yield`` is the recursive call).
+
+    A sequence of expansions and leaves is walked by an explicit stack; only a fork's branches
+    recurse, so a long chain makes no generator per node."""
+    todo: list[tuple[Node, Trail]] = [(node, trail)]
+    while todo:
+        node, trail = todo.pop()
+        if isinstance(node, Expansion):
+            kids = node.children
+            todo.extend((kids[i], Trail(trail, i)) for i in range(len(kids) - 1, -1, -1))
+        elif isinstance(node, Leaf):
+            fs = _leaf(node, fs, trail, copies, library, layers, text)
+        else:
+            fs = yield _fork(node, fs, trail, copies, library, layers, text)
+    return fs
+
+
+def _leaf(node: Leaf, fs: Features, trail: Trail, copies: int, library: Library, layers: list[Layer],
+          text: str | None) -> Features:
+    op = library.get(node.op)
+    if op is None:
+        raise ShapeError(f'unknown operation "{node.op}"', text, *_where(node), trail.path)
+    try:
+        out = op.apply(fs, node.args)
+    except NotApplicable as e:
+        raise ShapeError(f"{node.op}: {e} (input {', '.join(map(str, fs))})", text, *_where(node),
+                         trail.path) from None
+    cost = op.cost(fs, **dict(node.args))
+    layers.append(Layer(trail, node.op, node.args, fs, out, cost.params, cost.flops, copies))
+    return out
+
+
+def _fork(node: Fork, fs: Features, trail: Trail, copies: int, library: Library, layers: list[Layer],
+          text: str | None):
     if len(fs) != node.copies:
-        raise ShapeError(f"a {node.copies}-way branch list after {len(fs)} features", text, *_where(node), path)
+        raise ShapeError(f"a {node.copies}-way branch list after {len(fs)} features", text, *_where(node),
+                         trail.path)
     outs: list[Feature] = []
     if node.repeated and all(f == fs[0] for f in fs):
         # one walk stands for every copy (every built-in brancher gives equal inputs)
-        one = _one((yield _walk(node.children[0], fs[:1], path + (0,), copies * node.copies, library, layers, text)),
-                   node, path, text)
+        one = _one((yield _walk(node.children[0], fs[:1], Trail(trail, 0), copies * node.copies, library, layers,
+                                text)), node, trail, text)
         outs = [one] * len(fs)
     elif node.repeated:
         for f in fs:
-            outs.append(_one((yield _walk(node.children[0], (f,), path + (0,), copies, library, layers, text)),
-                             node, path, text))
+            outs.append(_one((yield _walk(node.children[0], (f,), Trail(trail, 0), copies, library, layers, text)),
+                             node, trail, text))
     else:
         for i, (child, f) in enumerate(zip(node.children, fs, strict=True)):
-            outs.append(_one((yield _walk(child, (f,), path + (i,), copies, library, layers, text)), node, path, text))
+            outs.append(_one((yield _walk(child, (f,), Trail(trail, i), copies, library, layers, text)),
+                             node, trail, text))
     return tuple(outs)
 
 
-def _one(out: Features, node: Fork, path: Path, text) -> Feature:
+def _one(out: Features, node: Fork, trail: Trail, text) -> Feature:
     if len(out) != 1:
-        raise ShapeError("a branch must end in one feature", text, *_where(node), path)
+        raise ShapeError("a branch must end in one feature", text, *_where(node), trail.path)
     return out[0]
 
 

@@ -14,9 +14,10 @@ the static ``Feature``s (shapes, modes, im2col grids) that the shape rules compu
 
 A repeated fork (``[M]*4``) is lowered once per copy, each on its own branch, so every copy has
 its own modules and weights. Every node carries ``meta[PATH]`` (the tree path of the leaf that
-made it) and ``meta[BRANCH]`` (which copy of which fork it belongs to; the copies of a repeated
-fork share their paths); the nodes a hook returns also carry ``meta[FEATURE]``, their
-per-sample feature, which the passes read to stay exact (keys: einc.meta).
+made it, an ``einc.tree.Trail``: equal to that tuple, made in O(1)) and ``meta[BRANCH]`` (which
+copy of which fork it belongs to; the copies of a repeated fork share their paths); the nodes a
+hook returns also carry ``meta[FEATURE]``, their per-sample feature, which the passes read to
+stay exact (keys: einc.meta).
 
 Lowering runs no optimisation: einc.build chains lower, einc.passes.optimize and the shape
 check of einc.verify.
@@ -41,14 +42,15 @@ from .infer import infer
 from .meta import BRANCH, FEATURE, INFO, PATH
 from .notation import show
 from .ops import COL, IM, Feature, Features, Library, NotApplicable, is_builtin
-from .tree import Expansion, Fork, Leaf, Node, Path, deep
+from .tree import Expansion, Fork, Leaf, Node, Trail, deep, gc_paused
 from .verify import lint
 
 __all__ = ["HEAD", "lower"]
 
 HEAD = "head"  # name of the classifier's linear layer (paper B.1)
+ROOT = Trail()  # meta[PATH] of the input and the head
 
-Branch = tuple[tuple[Path, int], ...]  # meta[BRANCH]: (fork path, copy index), outermost first
+Branch = tuple[tuple[Trail, int], ...]  # meta[BRANCH]: (fork path, copy index), outermost first
 
 
 def lower(tree: Node, library: Library, input_shape: Sequence[int], num_classes: int | None = None,
@@ -64,6 +66,12 @@ def lower(tree: Node, library: Library, input_shape: Sequence[int], num_classes:
     are inferred first (a ``ShapeError``, located, before any torch work); the inferred output
     shape is recorded as ``gm.meta["einc"]["output_shape"]`` and ``graph.lint()`` runs.
     """
+    with gc_paused():  # a big graph's nodes would set off full collections (einc.tree.gc_paused)
+        return _lower(tree, library, input_shape, num_classes, text, output_shape)
+
+
+def _lower(tree: Node, library: Library, input_shape: Sequence[int], num_classes: int | None,
+           text: str | None, output_shape: Sequence[int] | None) -> fx.GraphModule:
     shape = tuple(input_shape)
     target = head_shape(num_classes, output_shape)
     text = show(tree) if text is None else text
@@ -71,8 +79,8 @@ def lower(tree: Node, library: Library, input_shape: Sequence[int], num_classes:
     ctx = _Context(library)
     x = ctx.graph.placeholder("x")
     fin = inference.input
-    x.meta.update({PATH: (), BRANCH: (), FEATURE: fin[0]})
-    nodes, features = deep(ctx.walk(tree, [x], fin, ()))
+    x.meta.update({PATH: ROOT, BRANCH: (), FEATURE: fin[0]})
+    nodes, features = deep(ctx.walk(tree, [x], fin, ROOT))
     if len(nodes) != 1:
         raise LoweringError(f"the network ends in {len(nodes)} branches, not one feature")
     out = nodes[0]
@@ -89,6 +97,11 @@ def lower(tree: Node, library: Library, input_shape: Sequence[int], num_classes:
                      "head": None if target is None else "dense" if len(target) > 1 else "pool"}
     lint(gm)
     return gm
+
+
+def _at(trail: Trail) -> str:
+    """Where an error is, for its message: made only when one is raised (O(depth))."""
+    return f"at node {format_path(trail.path)}"
 
 
 def head_shape(num_classes: int | None, output_shape: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -134,7 +147,7 @@ class _Context:
         self.root = nn.Module()
         self.counts: dict[str, int] = {}
         self.inits: dict[str, str] = {}
-        self.path: Path = ()
+        self.path = ROOT  # the leaf being lowered
         self.op = ""  # the operation being lowered
         self.branch: Branch = ()
         self._targets: dict[str, Callable[..., Any] | str] = {}
@@ -147,8 +160,7 @@ class _Context:
             try:
                 fn = self._targets[target] = _resolve(target)
             except (AttributeError, ImportError, ValueError):
-                where = format_path(self.path)
-                raise LoweringError(f'unknown call target "{target}" (at node {where})') from None
+                raise LoweringError(f'unknown call target "{target}" ({_at(self.path)})') from None
         op = "call_method" if isinstance(fn, str) else "call_function"
         return self._node(op, fn, args, kwargs)
 
@@ -162,7 +174,7 @@ class _Context:
             raise LoweringError(f'"{self.op}" makes parameter "{hint}" without init=, the source expression '
                                 f"that made it (einc.emit writes it, so the emitted file initialises it "
                                 f'the same way), e.g. init="torch.randn(1, 16) * 0.02" '
-                                f"(at node {format_path(self.path)})")
+                                f"({_at(self.path)})")
         name = self._name(self._own_hint(hint))
         self.root.register_parameter(name, parameter)
         self.inits[name] = init
@@ -175,7 +187,7 @@ class _Context:
         want = self.library[self.op].hint if self.op in self.library else hint
         if hint != want:
             raise LoweringError(f'"{self.op}" names a module or parameter "{hint}", but its hint is "{want}"; '
-                                f'give Op(..., hint="{hint}") (at node {format_path(self.path)})')
+                                f'give Op(..., hint="{hint}") ({_at(self.path)})')
         return hint
 
     def _name(self, hint: str) -> str:
@@ -190,49 +202,55 @@ class _Context:
         node.meta[BRANCH] = self.branch
         return node
 
-    def walk(self, node: Node, nodes: list[fx.Node], fs: Features, path: Path):
+    def walk(self, node: Node, nodes: list[fx.Node], fs: Features, trail: Trail):
         """(nodes, features) after ``node``; a generator run by einc.tree.deep, so any depth
-        lowers (``x = yield self.walk(...)`` is the recursive call)."""
-        if isinstance(node, Leaf):
-            return self.leaf(node, nodes, fs, path)
-        if isinstance(node, Expansion):
-            for i, child in enumerate(node.children):
-                nodes, fs = yield self.walk(child, nodes, fs, path + (i,))
-            return nodes, fs
-        assert isinstance(node, Fork)
+        lowers (``x = yield self.fork(...)`` is the recursive call). A sequence of expansions and
+        leaves is walked by an explicit stack; only a fork's branches recurse."""
+        todo: list[tuple[Node, Trail]] = [(node, trail)]
+        while todo:
+            node, trail = todo.pop()
+            if isinstance(node, Expansion):
+                kids = node.children
+                todo.extend((kids[i], Trail(trail, i)) for i in range(len(kids) - 1, -1, -1))
+            elif isinstance(node, Leaf):
+                nodes, fs = self.leaf(node, nodes, fs, trail)
+            else:
+                nodes, fs = yield self.fork(node, nodes, fs, trail)
+        return nodes, fs
+
+    def fork(self, node: Fork, nodes: list[fx.Node], fs: Features, trail: Trail):
         if len(nodes) != node.copies:
             raise LoweringError(f"a {node.copies}-way branch list after {len(nodes)} features "
-                                f"(at node {format_path(path)})")
+                                f"({_at(trail)})")
         outs: list[fx.Node] = []
         out_fs: list[Feature] = []
         outer = self.branch
         own = len(set(nodes)) == len(nodes)  # a group-dim's pieces, not a clone's one tensor
         for i in range(node.copies):
             j = 0 if node.repeated else i  # one subtree stands for every copy; weights per copy
-            self.branch = (*outer, (path, i))
+            self.branch = (*outer, (trail, i))
             if own and nodes[i].meta.get(BRANCH) == outer:
                 nodes[i].meta[BRANCH] = self.branch
-            got, got_fs = yield self.walk(node.children[j], [nodes[i]], (fs[i],), path + (j,))
+            got, got_fs = yield self.walk(node.children[j], [nodes[i]], (fs[i],), Trail(trail, j))
             if len(got) != 1:
-                raise LoweringError(f"a branch must end in one feature (at node {format_path(path + (j,))})")
+                raise LoweringError(f"a branch must end in one feature ({_at(Trail(trail, j))})")
             outs.append(got[0])
             out_fs.append(got_fs[0])
         self.branch = outer
         return outs, tuple(out_fs)
 
     def leaf(self, leaf: Leaf, nodes: list[fx.Node], fs: Features,
-             path: Path) -> tuple[list[fx.Node], Features]:
-        where = f"at node {format_path(path)}"
+             trail: Trail) -> tuple[list[fx.Node], Features]:
         op = self.library.get(leaf.op)
         if op is None:
-            raise LoweringError(f'unknown operation "{leaf.op}" ({where})')
+            raise LoweringError(f'unknown operation "{leaf.op}" ({_at(trail)})')
         if op.lower is None:
-            raise LoweringError(f'operation "{leaf.op}" has no torch lowering ({where})')
+            raise LoweringError(f'operation "{leaf.op}" has no torch lowering ({_at(trail)})')
         try:
             out_fs = op.apply(fs, leaf.args)
         except NotApplicable as e:  # infer ran first, so only a repeated copy on new input gets here
-            raise LoweringError(f"{leaf.op}: {e} ({where})") from None
-        self.path, self.op = path, leaf.op
+            raise LoweringError(f"{leaf.op}: {e} ({_at(trail)})") from None
+        self.path, self.op = trail, leaf.op
         try:
             out = list(op.lower(self, list(nodes), fs, **dict(leaf.args)))
         except EinError:
@@ -240,17 +258,17 @@ class _Context:
         except Exception as e:  # a bug in a user's (a plugin's) hook: name the node, keep the cause
             if is_builtin(op):  # a bug in einc: its traceback, for the CLI's INTERNAL ERROR
                 raise
-            raise LoweringError(f'lowering "{leaf.op}" failed: {type(e).__name__}: {e} ({where})') from e
+            raise LoweringError(f'lowering "{leaf.op}" failed: {type(e).__name__}: {e} ({_at(trail)})') from e
         if len(out) != len(out_fs) or not all(isinstance(n, fx.Node) for n in out):
             raise LoweringError(f'"{leaf.op}" lowered to {len(out)} values; its shape rule gives '
-                                f"{len(out_fs)} features ({where})")
+                                f"{len(out_fs)} features ({_at(trail)})")
         for n, f in zip(out, out_fs, strict=True):
             n.meta.setdefault(FEATURE, f)  # clone returns its input node: keep the first
         return out, out_fs
 
     def head(self, node: fx.Node, feature: Feature, num_classes: int) -> fx.Node:
         """Paper B.1: mean over positions, then a linear map of the channels to the classes."""
-        self.path, self.branch = (), ()
+        self.path, self.branch = ROOT, ()
         dims = (2, 3) if feature.mode == IM else 1
         width = feature.shape[0] if feature.mode == IM else feature.shape[-1]
         pooled = self.call(".mean", node, dims)
@@ -268,7 +286,7 @@ class _Context:
         (S', D'): the positions (S, or H*W of Im features) pool to S', then ``nn.Linear`` maps the
         channels (D, or C) to D'.
         """
-        self.path, self.branch = (), ()
+        self.path, self.branch = ROOT, ()
 
         def step(target_: str, *args: object) -> fx.Node:
             n = self.call(target_, *args)

@@ -13,7 +13,8 @@ __all__ = ["BATCHED", "BRANCH", "FEATURE", "INFO", "PATH", "PROVENANCE", "STACKE
 # -- node.meta
 
 PATH = "einc_path"
-"""The tree path of the leaf whose lowering made the node (``()`` for the input and the head)."""
+"""The tree path of the leaf whose lowering made the node (``()`` for the input and the head), as an
+``einc.tree.Trail``: it iterates, compares and hashes as the tuple."""
 
 BRANCH = "einc_branch"
 """Which copy of which fork the node belongs to: ``((fork path, copy), ...)``, outermost first.

@@ -37,12 +37,13 @@ from collections.abc import Callable, Sequence
 
 import torch.fx as fx
 
+from ..tree import gc_paused
 from .attention import fuse_attention
 from .conv_fusion import fuse_convolutions
 from .cost import CPU, CUDA, CostModel, cost_model
 from .cse import dedupe
 from .dce import dead_code
-from .graph import finish, order_modules
+from .graph import deferred, finish, order_modules
 from .horizontal import batch_branches
 from .merge_linears import merge_linears
 from .operand_order import order_add_operands
@@ -73,8 +74,10 @@ def optimize(gm: fx.GraphModule, device: str | None = None, cost: CostModel | No
     where a batched form pays.
     """
     model = cost if cost is not None else cost_model(device)
-    for p in passes:
-        p(gm, model)
-    order_modules(gm)
-    finish(gm)
+    with gc_paused():  # a big graph's nodes would set off full collections (einc.tree.gc_paused)
+        with deferred():  # one lint and recompile at the end, not one per pass
+            for p in passes:
+                p(gm, model)
+        order_modules(gm)
+        finish(gm)
     return gm
