@@ -82,7 +82,8 @@ def test_einc_trials_prints_one_row_per_evaluation_as_csv_json_and_text(tmp_path
     assert json.loads(j.output) == rows(evals, ACCURACY, 1)
     text = runner.invoke(main, ["trials", str(tmp_path)])
     lines = text.output.splitlines()
-    assert text.exit_code == 0 and lines[0].split()[:5] == ["index", "origin", "parent", "status", "val_acc"]
+    assert text.exit_code == 0
+    assert lines[0].split()[:6] == ["index", "origin", "parent", "duplicate_of", "status", "val_acc"]
     assert len(lines) == 1 + len(evals)
     bad = runner.invoke(main, ["trials", str(tmp_path / "trials")])  # a folder that is no search's
     assert bad.exit_code != 0 and "Traceback" not in bad.output

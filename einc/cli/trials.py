@@ -9,7 +9,7 @@ import click
 
 from ._common import _fail
 
-SHOWN = ("index", "origin", "parent", "status", None, "params", "flops", "seconds", "reason")
+SHOWN = ("index", "origin", "parent", "duplicate_of", "status", None, "params", "flops", "seconds", "reason")
 """The columns of the plain listing (None: the search's metric); --csv and --json give them all."""
 
 
