@@ -136,11 +136,11 @@ def test_search_seeds_take_bracket_notation_too(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run(config, out, resume=False, on_progress=None, evaluator=None):
+    def fake_run(config, out, **kw):
         seen["config"] = config
         raise SearchError("stop here")
 
-    monkeypatch.setattr("einc.runtime.search.run_search", fake_run)
+    monkeypatch.setattr("einc.runtime.study.run_search", fake_run)
     seed = tmp_path / "s.arch"
     seed.write_text("sequential(relu, relu)\n")
     r = CliRunner().invoke(main, ["search", "--seeds", str(seed), "--seeds", " sequential(linear(d=1.5), relu)",

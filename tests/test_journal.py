@@ -245,7 +245,7 @@ def test_report_and_resume_on_a_damaged_middle_line_say_one_line_and_lose_nothin
     def fake(*args, evaluator=None, **kw):
         return real(*args, evaluator=FakeEvaluator(), **kw)
 
-    monkeypatch.setattr("einc.runtime.search.run_search", fake)
+    monkeypatch.setattr("einc.runtime.study.run_search", fake)
     r = CliRunner().invoke(main, ["search", "--out", str(out), "--resume"])
     errors = [s for s in r.stderr.splitlines() if "error" in s]
     assert r.exit_code == 1 and len(errors) == 1 and errors[0].startswith(where), r.output

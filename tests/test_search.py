@@ -150,11 +150,11 @@ def test_unreadable_seed_file_is_one_line(tmp_path):
 def test_seeds_by_name_and_mix(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_run(config, out, resume=False, on_progress=None, evaluator=None):
+    def fake_run(config, out, **kw):
         seen["config"] = config
         raise SearchError("stop here")
 
-    monkeypatch.setattr("einc.runtime.search.run_search", fake_run)
+    monkeypatch.setattr("einc.runtime.study.run_search", fake_run)
     r = CliRunner().invoke(main, ["search", "--seeds", "mix", "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "stop here" in r.output
     assert seen["config"].seed_names == ("resnet18", "wrn16_4_published", "vit", "mixer_published")

@@ -296,7 +296,7 @@ def test_each_kind_searches_from_the_cli(tmp_path, name, extra, line):
 
 
 def test_search_takes_the_papers_training_flags(tmp_path, monkeypatch):
-    import einc.runtime.search as search_module
+    import einc.runtime.study as study_module  # einc search runs einc.search's path: study.run -> run_search
 
     seen = []
 
@@ -304,7 +304,7 @@ def test_search_takes_the_papers_training_flags(tmp_path, monkeypatch):
         seen.append(config)
         raise KeyboardInterrupt("SIGINT")
 
-    monkeypatch.setattr(search_module, "run_search", fake)
+    monkeypatch.setattr(study_module, "run_search", fake)
     args = ["search", "--data", "digits10", "--metric", "error", "--weight-decay", "5e-4", "--lr", "0.1",
             "--final-epochs", "200", "--out", str(tmp_path / "o")]
     CliRunner().invoke(main, args)
