@@ -321,6 +321,6 @@ def _literal(v: Any, names: dict[fx.Node, str] | None = None) -> str:
     if isinstance(v, slice):
         parts = [("" if x is None else _literal(x, names)) for x in (v.start, v.stop, v.step)]
         return f"slice({', '.join(p or 'None' for p in parts)})"
-    if isinstance(v, torch.dtype):
-        return str(v)  # "torch.float32"
+    if isinstance(v, (torch.dtype, torch.memory_format)):
+        return str(v)  # "torch.float32", "torch.channels_last"
     raise LoweringError(f"cannot emit the constant {v!r} of type {type(v).__name__}")

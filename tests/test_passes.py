@@ -61,9 +61,10 @@ def test_conv_weights_are_the_linear_weights():
 
 
 @pytest.mark.parametrize("text", [
-    "routing(im2col(k=3, s=1, p=1), sequential(linear(d=16), relu), col2im)",  # relu between
-    "routing(im2col(k=4, s=4, p=0), linear(d=16), identity)",                   # a patch embedding
-    "routing(im2col(k=3, s=2, p=1), branching(clone(b=2), [linear(d=16), linear(d=16)], add), col2im)",
+    "routing(im2col(k=3, s=1, p=1), sequential(norm, linear(d=16)), col2im)",   # each patch normalised
+    "routing(im2col(k=4, s=4, p=0), routing(permute(o=(2, 1)), linear(d=16), identity), identity)",  # positions
+    "routing(im2col(k=3, s=2, p=1), branching(clone(b=2), [linear(d=16), softmax], concat(dim=2, b=2)),"
+    " col2im)",  # the patches read by more than linears
 ])
 def test_no_fusion_where_the_chain_is_not_a_convolution(text):
     raw = lowered(text, IM)
