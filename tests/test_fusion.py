@@ -1,9 +1,10 @@
-"""The fusions (horizontal, CSE, merged linears, attention) are exact: fused and unfused networks
-compute the same function with the same weights, and state dicts convert both ways."""
+"""The fusions (convolutions, horizontal, CSE, merged linears, attention) are exact: fused and unfused
+networks compute the same function with the same weights, and state dicts convert both ways."""
 
 from __future__ import annotations
 
 import copy
+import operator
 
 import pytest
 import torch
@@ -22,10 +23,12 @@ from einc.passes import (
     cost_model,
     dedupe,
     fuse_attention,
+    fuse_convolutions,
     merge_linears,
     optimize,
     order_add_operands,
     pack_state_dict,
+    reshape_patches,
     unpack_state_dict,
 )
 from einc.testing import SMALL
@@ -104,6 +107,100 @@ def test_mixer_residual_sum_keeps_the_contiguous_layout():
     raw = copy.deepcopy(unoptimised("mixer"))
     assert order_add_operands(raw) == 8
     assert_same_function(unoptimised("mixer"), raw, SEEDS["mixer"], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- convolutions from im2col
+
+
+@pytest.mark.parametrize("text, convs, left", [
+    # the README search's best network: a 3x3 convolution, then a 1x1
+    ("routing(im2col(k=3, s=1, p=1), sequential(linear(d=64), linear(d=256)), col2im)", [3, 1], []),
+    ("routing(im2col(k=3, s=2, p=1), sequential(linear(d=16), relu, linear(d=32), softmax), col2im)", [3, 1],
+     [F.leaky_relu, torch.softmax]),
+    # f(0) = 0 before the linear: applied to the image, in front of the unfold
+    ("routing(im2col(k=3, s=1, p=1), sequential(relu, linear(d=16)), col2im)", [3], [F.leaky_relu]),
+    # a clone of the patches into linears: one convolution each
+    ("routing(im2col(k=3, s=2, p=1), branching(clone(b=2), [linear(d=16), linear(d=16)], add), col2im)", [3, 3],
+     ["contiguous", "permute", "reshape"] * 2 + [operator.add, "transpose", "reshape"]),
+    # no col2im: the convolution's output as the patches' sequence (B, L, D)
+    ("routing(im2col(k=4, s=4, p=0), linear(d=16), identity)", [4], ["contiguous", "permute", "reshape"]),
+    ("routing(im2col(k=8, s=8, p=0), sequential(linear(d=16), norm), permute(o=(2, 1)))", [8],
+     ["contiguous", "permute", "reshape", "permute"]),
+    ("routing(im2col(k=3, s=1, p=1), sequential(linear(d=16), norm, linear(d=16)), col2im)", [3],
+     ["contiguous", "permute", "reshape", "transpose", "reshape"]),
+], ids=range(7))
+def test_im2col_then_a_linear_becomes_a_convolution(text, convs, left):
+    shape = (4, 16, 16)
+    raw = lowered(text, shape)
+    gm = copy.deepcopy(raw)
+    assert fuse_convolutions(gm, CPU) == 1 + text.count("clone")
+    assert [m.kernel_size[0] for m in gm.modules() if isinstance(m, nn.Conv2d)] == convs
+    assert not any(isinstance(m, nn.Linear) for m in gm.modules()) or "norm, linear" in text
+    rest = [n.target for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+    assert rest == left
+    assert_same_function(raw, gm, shape)
+    same_in_training(raw, gm, shape)
+    round_trip(raw, gm)
+    same_when_emitted(gm, shape)
+    optimize(gm, device="cpu")  # the later passes take what it leaves
+    assert_same_function(raw, gm, shape)
+
+
+@pytest.mark.parametrize("k, s, p", [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (4, 4, 0), (8, 8, 0), (16, 16, 0)])
+@pytest.mark.parametrize("last", ["col2im", "identity"])
+def test_every_im2col_variant_of_the_grammar_convolves(k, s, p, last):
+    shape = (3, 16, 32)
+    raw = lowered(f"routing(im2col(k={k}, s={s}, p={p}), sequential(relu, linear(d=16), linear(d=32)), {last})",
+                  shape)
+    gm = optimize(copy.deepcopy(raw), device="cpu")
+    assert _calls(gm, F.unfold) == 0
+    assert sum(isinstance(m, nn.Conv2d) for m in gm.modules()) == (2 if last == "col2im" else 1)
+    assert_same_function(raw, gm, shape)
+    round_trip(raw, gm)
+
+
+@pytest.mark.parametrize("text", [
+    "routing(im2col(k=3, s=1, p=1), sequential(softmax, linear(d=16)), col2im)",  # softmax(0) != 0
+    "routing(im2col(k=3, s=1, p=1), sequential(pos-enc, linear(d=16)), col2im)",  # a table per position
+    "routing(im2col(k=3, s=1, p=1), branching(clone(b=2), [sequential(relu, linear(d=16)), relu],"
+    " concat(dim=2, b=2)), col2im)",                                              # the patches read raw too
+], ids=["softmax", "pos-enc", "read-raw"])
+def test_patches_used_otherwise_keep_their_unfold(text):
+    shape = (4, 8, 8)
+    raw = lowered(text, shape)
+    gm = copy.deepcopy(raw)
+    assert fuse_convolutions(gm, CPU) == 0
+    assert _calls(gm, F.unfold) == 1
+
+
+def test_convolutions_in_equal_branches_are_batched():
+    text = ("branching(clone(b=4), [routing(im2col(k=3, s=1, p=1), sequential(linear(d=16), relu, linear(d=16)),"
+            " col2im)]*4, concat(dim=1, b=4))")
+    raw = lowered(text, IM)
+    gm = optimize(copy.deepcopy(raw), device="cpu")
+    assert _calls(gm, F.unfold) == 0 and any(n.meta.get(BATCHED) for n in gm.graph.nodes)
+    assert_same_function(raw, gm, IM)
+    same_in_training(raw, gm, IM)
+    round_trip(raw, gm)
+
+
+@pytest.mark.parametrize("k, s", [(1, 1), (1, 2), (4, 4), (8, 8)])
+@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 12, 20)], ids=str)  # 12 x 20: 8 x 8 windows crop it
+def test_windows_that_do_not_overlap_are_a_reshape(k, s, shape):
+    text = f"sequential(norm, routing(im2col(k={k}, s={s}, p=0), sequential(softmax, norm), col2im))"
+    raw = lowered(text, shape)
+    gm = copy.deepcopy(raw)
+    assert reshape_patches(gm, CPU) == 1
+    assert _calls(gm, F.unfold) == 0
+    assert_same_function(raw, gm, shape)
+    same_in_training(raw, gm, shape)  # the first norm's gradients pass back through the rearrangement
+    same_when_emitted(gm, shape)
+
+
+def test_overlapping_or_padded_windows_keep_their_unfold():
+    for text in ("routing(im2col(k=3, s=2, p=1), softmax, col2im)", "routing(im2col(k=3, s=1, p=1), softmax, col2im)"):
+        gm = lowered(text, IM)
+        assert reshape_patches(gm, CPU) == 0 and _calls(gm, F.unfold) == 1
 
 
 # ---------------------------------------------------------------- batching, case by case

@@ -8,7 +8,7 @@ its modules and the per-sample shapes einc.lower leaves in the node meta (keys: 
 the cost model (``cost``) only chooses among exact forms, per device. The passes, in
 ``PIPELINE`` order:
 
-* ``fuse_convolutions`` (conv_fusion): im2col -> linear -> col2im becomes one ``nn.Conv2d``;
+* ``fuse_convolutions`` (conv_fusion): a linear of im2col's patches becomes an ``nn.Conv2d``;
 * ``remove_permutes`` (permute_chains): consecutive permutes compose, identities vanish;
 * ``order_add_operands`` (operand_order): a permuted view goes second in a sum;
 * ``dead_code`` (dce): unread nodes, unused modules and parameters go;
@@ -19,6 +19,7 @@ the cost model (``cost``) only chooses among exact forms, per device. The passes
 * ``merge_linears``: linears reading one tensor become one whose output is split;
 * ``fuse_attention`` (attention): ``softmax(q @ k^T * c) @ v`` becomes
   ``F.scaled_dot_product_attention``;
+* ``reshape_patches`` (patch_reshape): an unfold whose windows do not overlap becomes a reshape;
 * then ``remove_permutes`` and ``dead_code`` again, for what the fusions left.
 
 Weights move (concatenated, reshaped) and the state dict's keys change; einc.passes.provenance
@@ -47,12 +48,13 @@ from .graph import deferred, finish, order_modules
 from .horizontal import batch_branches
 from .merge_linears import merge_linears
 from .operand_order import order_add_operands
+from .patch_reshape import reshape_patches
 from .permute_chains import remove_permutes
 from .provenance import pack_state_dict, unpack_state_dict
 
 __all__ = ["CPU", "CUDA", "FUSIONS", "LOCAL", "PIPELINE", "CostModel", "Pass", "batch_branches", "cost_model",
            "dead_code", "dedupe", "fuse_attention", "fuse_convolutions", "merge_linears", "optimize",
-           "order_add_operands", "pack_state_dict", "remove_permutes", "unpack_state_dict"]
+           "order_add_operands", "pack_state_dict", "remove_permutes", "reshape_patches", "unpack_state_dict"]
 
 Pass = Callable[[fx.GraphModule, CostModel], int]
 
@@ -62,7 +64,7 @@ LOCAL: tuple[Pass, ...] = (fuse_convolutions, remove_permutes, order_add_operand
 FUSIONS: tuple[Pass, ...] = (batch_branches, dedupe, merge_linears, fuse_attention)
 """The passes that merge parallel work into fewer, larger ops."""
 
-PIPELINE: tuple[Pass, ...] = (*LOCAL, *FUSIONS, remove_permutes, dead_code)
+PIPELINE: tuple[Pass, ...] = (*LOCAL, *FUSIONS, reshape_patches, remove_permutes, dead_code)
 """What ``optimize`` runs: the local rewrites, the fusions, then a clean-up of what they left."""
 
 
