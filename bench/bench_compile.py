@@ -12,7 +12,8 @@
    median of 3 runs each in CPU seconds of this process (on a shared machine wall time counts
    the neighbours too), with the exponent k of time ~ ops^k fitted to the two sizes, against
    issue 21's goals at 8,000 ops (parse <= 0.3 s, build with passes <= 2 s) and its figures
-   from before (the idle CPU of then: k was 1.5 to 1.7).
+   from before (the idle CPU of then: k was 1.5 to 1.7); then the parse of a chain of mixed ops
+   (relu, linear(d=64), norm: trying each variant of linear by raising errors was quadratic).
 3. Forward + backward time of einc's model against the hand-written PyTorch one of
    bench/handwritten.py (same parameter count), batch 16, input (3, 64, 64), one thread, both
    in train mode, runs interleaved (einc, hand, einc, hand, ...) so drift hits both alike;
@@ -48,9 +49,11 @@ SEEDS = {
 CLASSES = 10
 
 
-def _median_ms(fn, reps: int, clock=time.perf_counter) -> float:
+def _median_ms(fn, reps: int, clock=time.perf_counter, setup=None) -> float:
     times = []
     for _ in range(reps):
+        if setup is not None:
+            setup()  # not timed
         t = clock()
         fn()
         times.append(clock() - t)
@@ -92,14 +95,11 @@ def chain_times(n: int, reps: int = 3) -> tuple[float, ...]:
     shape = (3, 32, 32)
     text = "sequential(" + ", ".join(["relu"] * n) + ")"
 
-    def parse() -> einc.Architecture:
-        _parse_cached.cache_clear()
-        return g.parse(text)
-
-    arch = parse()
-    stages = (parse, lambda: arch.infer(shape), lambda: einc.build(arch, shape, optimize=False, check=False),
+    arch = g.parse(text)
+    stages = (lambda: g.parse(text), lambda: arch.infer(shape),
+              lambda: einc.build(arch, shape, optimize=False, check=False),
               lambda: einc.build(arch, shape, check=False))
-    return tuple(_median_ms(f, reps, time.process_time) / 1000 for f in stages)
+    return tuple(_median_ms(f, reps, time.process_time, _parse_cached.cache_clear) / 1000 for f in stages)
 
 
 def scaling() -> None:
@@ -120,6 +120,18 @@ def scaling() -> None:
         print(f"{'before, ' + f'{n:,}':>14s} " + " ".join(f"{t:12.2f}" for t in BEFORE[n]))
     kb = [math.log(tb / ta) / math.log(b / a) for ta, tb in zip(BEFORE[a], BEFORE[b], strict=True)]
     print(f"{'k before':>14s} " + " ".join(f"{x:12.2f}" for x in kb))
+    mixed = [mixed_parse(n) for n in CHAIN]
+    print(f"parse of a chain of relu, linear(d=64), norm: {mixed[0]:.3f} s at {a:,} ops, {mixed[1]:.3f} s at "
+          f"{b:,}, k {math.log(mixed[1] / mixed[0]) / math.log(b / a):.2f}")
+
+
+def mixed_parse(n: int, reps: int = 3) -> float:
+    """Median CPU seconds to parse a chain of ``n`` ops of three kinds, one of them with variants
+    (each linear(d=...) is matched against the grammar's eight)."""
+    g = einc.load("einspace")
+    text = "sequential(" + ", ".join((["relu", "linear(d=64)", "norm"] * n)[:n]) + ")"
+
+    return _median_ms(lambda: g.parse(text), reps, time.process_time, _parse_cached.cache_clear) / 1000
 
 
 def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

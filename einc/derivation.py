@@ -57,23 +57,33 @@ class _Resolve:
             return (yield self.labelled(item, head, rule.alternatives, fs, path))
         if not isinstance(item, Call) or item.name not in self.names(head, rule):
             raise self.error(item, self._expected(item, head, rule), path)
-        first_error = None
-        for alt in rule.alternatives:
-            if alt.label is not None or len(alt.body) != 1:
-                continue
-            el = alt.body[0]
+        first_error: ArchError | OpCall | None = None  # an OpCall: the error its leaf would raise, made if needed
+        args = tuple(sorted(dict(item.kwargs).items())) if item.kwargs else ()
+        for el in self.elided(rule, item.name):
             try:
                 if isinstance(el, OpCall):
-                    if item.name == el.op:
-                        leaf, fs2 = self.leaf(item, el, fs, (path, 0))
-                        return Expansion(head, None, (leaf,), self.span(item)), fs2
-                elif isinstance(el, Ref) and (el.name, _set(fs, el.sets)) not in chain:  # a checked grammar has no loop
+                    if el.args != args:  # another variant: an error (O(text) to make) only if none fits
+                        first_error = first_error or el
+                        continue
+                    leaf, fs2 = self.leaf(item, el, fs, (path, 0))
+                    return Expansion(head, None, (leaf,), self.span(item)), fs2
+                if (el.name, _set(fs, el.sets)) not in chain:  # a checked grammar has no loop
                     child, out = yield self.nonterminal(item, el.name, _set(fs, el.sets), (path, 0),
                                                         chain | {(head, fs)})
                     return Expansion(head, None, (child,), self.span(item)), (out[0], out[1], fs[2])
             except ArchError as e:
                 first_error = first_error or e
+        if isinstance(first_error, OpCall):
+            first_error = self._leaf_error(item, first_error, fs, path)
         raise first_error or self.error(item, self._expected(item, head, rule), path)
+
+    def _leaf_error(self, item: Item, el: OpCall, fs: FState, path) -> ArchError:
+        """The error ``leaf`` raises for a variant that does not fit ``item``."""
+        try:
+            self.leaf(item, el, fs, (path, 0))
+        except ArchError as e:
+            return e
+        raise AssertionError(f"{el.op}{el.args} made a leaf of another variant")
 
     def rule(self, head: str, fs: FState) -> tuple[Rule | None, frozenset[str]]:
         """The rule of ``head`` in state ``fs`` and its alternatives' labels (cached per grammar: a
@@ -83,6 +93,16 @@ class _Resolve:
         if key not in cache:
             rule = self.table.rule_for(head, {"m": fs[0], "b": fs[1], **dict(fs[2])})
             cache[key] = rule, frozenset(a.label for a in rule.alternatives if a.label) if rule else frozenset()
+        return cache[key]
+
+    def elided(self, rule: Rule, name: str) -> tuple[OpCall | Ref, ...]:
+        """The bodies of ``rule``'s unlabelled one-element alternatives that may stand for ``name``,
+        in order: the op ``name`` itself, and every nonterminal (cached: a parse asks once per node)."""
+        key = ("arch-elided", id(rule), name)
+        cache = self.table.cache
+        if key not in cache:
+            cache[key] = tuple(a.body[0] for a in rule.alternatives if a.label is None and len(a.body) == 1 and (
+                isinstance(a.body[0], Ref) or isinstance(a.body[0], OpCall) and a.body[0].op == name))
         return cache[key]
 
     def names(self, head: str, rule) -> frozenset[str]:

@@ -11,7 +11,8 @@ import pytest
 import torch.fx as fx
 
 import einc
-from einc.derivation import _parse_cached
+from einc.derivation import _parse_cached, _Resolve
+from einc.errors import ArchError
 from einc.lower import lower
 from einc.passes import optimize
 from einc.tree import Trail
@@ -21,7 +22,7 @@ SHAPE = (3, 8, 8)
 
 
 def chain(n: int) -> str:
-    return "sequential(" + ", ".join(["relu", "norm"] * (n // 2)) + ")"
+    return "sequential(" + ", ".join(["relu", "linear(d=64)"] * (n // 2)) + ")"
 
 
 def peak_bytes(fn) -> int:
@@ -48,6 +49,19 @@ def test_memory_grows_linearly_with_a_chain(stage):
         G.parse(text)  # parsed (and cached) outside the measure, but for "parse"
     ratio = peak_bytes(lambda: STAGES[stage](big)) / peak_bytes(lambda: STAGES[stage](small))
     assert ratio < 6, ratio  # linear: about 4
+
+
+def test_a_valid_string_parses_without_making_an_error(monkeypatch):
+    """An error's message quotes its line of the string, O(length) to make: trying linear(d=64)
+    against each variant linear(d=...) by raising made parsing quadratic (8,000 ops: 32 s)."""
+    made = []
+    monkeypatch.setattr(_Resolve, "error", lambda self, *a: made.append(a))
+    _parse_cached.cache_clear()
+    G.parse(chain(200) + " ", SHAPE)
+    assert made == []
+    with pytest.raises(ArchError, match="linear.d=3. is not a variant the grammar allows here"):
+        monkeypatch.undo()
+        G.parse("sequential(relu, linear(d=3))")
 
 
 def test_the_pipeline_recompiles_once(monkeypatch):
