@@ -144,7 +144,7 @@ def test_a_damaged_middle_line_is_a_located_error_and_changes_nothing(tmp_path, 
     ({"kind": "session", "started": "now"}, 'session record: "started" must be a number, not "now"'),
     ({"kind": "session", "started": 1.0, "workers": 0}, '"workers" must be an integer >= 1, not 0'),
     ({"kind": "final", "index": 3, "metrics": None}, 'final record 3: "metrics" must be an object'),
-    ({**RECORD, "kind": "evl"}, 'unknown record kind "evl" (einc writes proposal, eval, session, final)'),
+    ({**RECORD, "kind": "evl"}, 'unknown record kind "evl" (einc writes proposal, eval, session, final, warmup)'),
     ({**RECORD, "kind": ["eval"]}, 'unknown record kind ["eval"]'),
     ({**RECORD, "arch": "x" * 100, "index": [1]}, '"index" must be an integer >= 0, not [1]'),
 ])
