@@ -130,10 +130,10 @@ def main() -> None:
             fake_search(out, n)
         faked = time.perf_counter() - t
         t = time.perf_counter()
-        page = report_html.rebuild(out)
+        config = SearchConfig.load(out / "config.json")
+        page = report_html.rebuild(out, config, cached_grammar(config.grammar), (2, 8, 8))
         cold = time.perf_counter() - t
         # a live rewrite: the search's LivePage, whose cache holds what earlier rewrites computed
-        config = SearchConfig.load(out / "config.json")
         live = report_html.LivePage(out, config, config.goal(), cached_grammar(config.grammar), (2, 8, 8))
         live._write(live=False)
         t = time.perf_counter()

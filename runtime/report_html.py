@@ -133,17 +133,10 @@ def running(out: str | Path) -> bool:
     return any(" FLOCK " in line and me in line for line in locks.splitlines())
 
 
-def rebuild(out: str | Path) -> Path:
-    """Write ``out/report.html`` from the folder's config and journal (``einc report``)."""
-    from .search import SearchConfig, SearchError, _setup_grammar
-
+def rebuild(out: str | Path, config: Any, grammar: Any, shape: tuple[int, ...] | None) -> Path:
+    """Write ``out/report.html`` from the folder's journal (``einc report``, by way of
+    ``search.report_folder``, which has read the search's config and grammar)."""
     out = Path(out)
-    if not (out / "config.json").exists():
-        raise SearchError(f"{out}: error: not a search folder (no config.json)")
-    config = SearchConfig.load(out / "config.json")
-    grammar = _setup_grammar(config)
-    data = None if config.data is None else config.dataset()
-    shape = data.input_shape if data is not None else config.input_shape
     cache = Cache()
     reuse_drawing(out, cache)
     write(out / FILE, build(folder_records(out), config, config.goal(), grammar, shape, live=running(out),

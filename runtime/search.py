@@ -360,8 +360,9 @@ def _shipped_objective(config: SearchConfig, objective: Callable[..., Any] | Non
 
 
 def report_folder(out: str | Path) -> str:
-    """Rewrite a search folder's summary and plot from its journal; the summary's text."""
+    """Rewrite a search folder's summary, plot and report.html from its journal; the summary's text."""
     from .report import format_summary, write_outputs
+    from .report_html import rebuild
 
     out = Path(out)
     if not (out / "config.json").exists():
@@ -369,9 +370,10 @@ def report_folder(out: str | Path) -> str:
     config = SearchConfig.load(out / "config.json")
     grammar = _setup_grammar(config)
     data = None if config.data is None else config.dataset()
-    summary = write_outputs(out, config, grammar, data.input_shape if data is not None else config.input_shape,
-                            data.num_classes if data is not None else None,  # type: ignore[arg-type]
-                            Journal(out / "journal.jsonl").records())
+    shape = data.input_shape if data is not None else config.input_shape
+    summary = write_outputs(out, config, grammar, shape, data.num_classes if data is not None else None,
+                            Journal(out / "journal.jsonl").records())  # type: ignore[arg-type]
+    rebuild(out, config, grammar, shape)
     return format_summary(summary, out)
 
 
