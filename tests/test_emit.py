@@ -81,7 +81,7 @@ def test_module_constructors_are_readable():
     assert "self.conv_0 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1)" in source
     assert "self.norm_0 = nn.BatchNorm2d(64)" in source
     vit = emit(optimised("vit"))
-    assert "self.conv_0 = nn.Conv2d(3, 512, kernel_size=4, stride=4, padding=0)" in vit  # the patch embedding
+    assert "self.linear_0 = nn.Linear(48, 512)" in vit
     assert "self.pos_0 = nn.Parameter(torch.randn(1, 256, 512) * 0.02)" in vit
     assert "nn.LayerNorm(512)" in vit
     assert "F.scaled_dot_product_attention(q, k, v, scale=0.125)" in vit  # scaled: 1/sqrt(64)

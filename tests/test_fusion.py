@@ -119,21 +119,23 @@ def test_mixer_residual_sum_keeps_the_contiguous_layout():
      [F.leaky_relu, torch.softmax]),
     # f(0) = 0 before the linear: applied to the image, in front of the unfold
     ("routing(im2col(k=3, s=1, p=1), sequential(relu, linear(d=16)), col2im)", [3], [F.leaky_relu]),
-    # a clone of the patches into linears: one convolution each
+    # a clone of the patches into linears: one convolution each, of one channels-last image
     ("routing(im2col(k=3, s=2, p=1), branching(clone(b=2), [linear(d=16), linear(d=16)], add), col2im)", [3, 3],
-     ["contiguous", "permute", "reshape"] * 2 + [operator.add, "transpose", "reshape"]),
-    # no col2im: the convolution's output as the patches' sequence (B, L, D)
+     ["contiguous", "permute", "reshape", "permute", "reshape", operator.add, "transpose", "reshape"]),
+    # no col2im: the convolution's output read as the sequence (B, L, D), or as (B, D, L)
+    ("routing(im2col(k=3, s=1, p=1), sequential(linear(d=16), norm, linear(d=16)), col2im)", [3],
+     ["contiguous", "permute", "reshape", "transpose", "reshape"]),
+    ("routing(im2col(k=3, s=1, p=1), linear(d=16), permute(o=(2, 1)))", [3], ["reshape"]),
+    # a patch embedding: a strided convolution where the cost model says it pays (CUDA)
     ("routing(im2col(k=4, s=4, p=0), linear(d=16), identity)", [4], ["contiguous", "permute", "reshape"]),
     ("routing(im2col(k=8, s=8, p=0), sequential(linear(d=16), norm), permute(o=(2, 1)))", [8],
      ["contiguous", "permute", "reshape", "permute"]),
-    ("routing(im2col(k=3, s=1, p=1), sequential(linear(d=16), norm, linear(d=16)), col2im)", [3],
-     ["contiguous", "permute", "reshape", "transpose", "reshape"]),
-], ids=range(7))
+], ids=range(8))
 def test_im2col_then_a_linear_becomes_a_convolution(text, convs, left):
     shape = (4, 16, 16)
     raw = lowered(text, shape)
     gm = copy.deepcopy(raw)
-    assert fuse_convolutions(gm, CPU) == 1 + text.count("clone")
+    assert fuse_convolutions(gm, CUDA) == 1 + text.count("clone")
     assert [m.kernel_size[0] for m in gm.modules() if isinstance(m, nn.Conv2d)] == convs
     assert not any(isinstance(m, nn.Linear) for m in gm.modules()) or "norm, linear" in text
     rest = [n.target for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
@@ -146,17 +148,33 @@ def test_im2col_then_a_linear_becomes_a_convolution(text, convs, left):
     assert_same_function(raw, gm, shape)
 
 
+def test_on_cpu_a_patch_embedding_is_a_linear_of_reshaped_patches():
+    shape = (4, 16, 16)
+    raw = lowered("sequential(routing(im2col(k=4, s=4, p=0), linear(d=16), identity), pos-enc)", shape)
+    gm = copy.deepcopy(raw)
+    assert fuse_convolutions(gm, CPU) == 0
+    optimize(gm, device="cpu")
+    assert _calls(gm, F.unfold) == 0 and not any(isinstance(m, nn.Conv2d) for m in gm.modules())
+    assert_same_function(raw, gm, shape)
+    same_in_training(raw, gm, shape)
+
+
 @pytest.mark.parametrize("k, s, p", [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (4, 4, 0), (8, 8, 0), (16, 16, 0)])
 @pytest.mark.parametrize("last", ["col2im", "identity"])
 def test_every_im2col_variant_of_the_grammar_convolves(k, s, p, last):
+    """On CUDA every one is a convolution; on CPU none keeps its unfold (a patch embedding, with
+    stride > 1 and no col2im, stays a linear of the reshaped patches)."""
     shape = (3, 16, 32)
     raw = lowered(f"routing(im2col(k={k}, s={s}, p={p}), sequential(relu, linear(d=16), linear(d=32)), {last})",
                   shape)
-    gm = optimize(copy.deepcopy(raw), device="cpu")
-    assert _calls(gm, F.unfold) == 0
-    assert sum(isinstance(m, nn.Conv2d) for m in gm.modules()) == (2 if last == "col2im" else 1)
-    assert_same_function(raw, gm, shape)
-    round_trip(raw, gm)
+    for cost in (CUDA, CPU):
+        gm = optimize(copy.deepcopy(raw), cost=cost)
+        assert _calls(gm, F.unfold) == 0
+        embedding = cost is CPU and last == "identity" and s > 1 and p == 0
+        assert sum(isinstance(m, nn.Conv2d) for m in gm.modules()) == (
+            0 if embedding else 2 if last == "col2im" else 1)
+        assert_same_function(raw, gm, shape)
+        round_trip(raw, gm)
 
 
 @pytest.mark.parametrize("text", [

@@ -8,6 +8,10 @@ and a ``col2im``, they act on the convolution's output directly (a linear as a 1
 convolution) and both layout changes vanish. Between the patches and the linear, elementwise
 ops with f(0) = 0 move in front of the unfold (it only copies values and pads with zeros), and
 permutes that compose to none vanish.
+
+On CPU, a linear of patches that do not overlap and have stride > 1 whose output stays a
+sequence (a patch embedding) stays a linear: of the patches as reshaped by
+einc.passes.patch_reshape, it is faster than a strided convolution (``CostModel.patch_conv``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .graph import (
     shape_args,
     swaps_last_two,
 )
+from .patch_reshape import rearranges
 from .provenance import Reshape, record, take
 
 __all__ = ["ZERO_KEEPING", "fuse_convolutions"]
@@ -63,8 +68,8 @@ def fuse_convolutions(gm: fx.GraphModule, cost: CostModel = CPU) -> int:
     """Make each linear map of an im2col's patches a convolution; returns how many were made.
 
     The patches' every reader must be such a linear, after elementwise ops with f(0) = 0 (a
-    clone of the patches into b linears makes b convolutions of x). A convolution is always
-    the faster form: ``cost`` is not consulted.
+    clone of the patches into b linears makes b convolutions of x). ``cost`` says whether a
+    patch embedding (patches that do not overlap, stride > 1, no col2im) is worth a convolution.
     """
     count = 0
     modules = dict(gm.named_modules())
@@ -76,9 +81,14 @@ def fuse_convolutions(gm: fx.GraphModule, cost: CostModel = CPU) -> int:
         heads = [_head(u, patches, modules, calls) for u in patches.cols.users]
         if not heads or any(h is None for h in heads):
             continue
-        for head in heads:
+        tails = [_tail(h[1], patches.grid, modules, calls) for h in heads if h is not None]
+        if (not cost.patch_conv and None in tails and patches.s != (1, 1)
+                and rearranges(patches.k, patches.s, patches.p, patches.d)):
+            continue  # a patch embedding: the linear of the patches reshaped is faster
+        channels_last: dict[fx.Node, fx.Node] = {}  # one per image the convolutions read
+        for head, tail in zip(heads, tails, strict=True):
             assert head is not None
-            _convolve(gm, patches, *head, modules, calls)
+            _convolve(gm, patches, *head, tail, modules, channels_last)
         gm.graph.erase_node(patches.cols)
         gm.graph.erase_node(patches.unfold)
         count += len(heads)
@@ -146,11 +156,14 @@ def _unary_of(n: fx.Node, x: fx.Node) -> bool:
     return bool(n.args) and n.args[0] is x and not any(isinstance(a, fx.Node) for a in rest)
 
 
-def _tail(linear: fx.Node, width: int, grid: tuple[int, int], modules: dict[str, nn.Module],
+def _tail(linear: fx.Node, grid: tuple[int, int], modules: dict[str, nn.Module],
           calls: dict[str, int]) -> tuple[list[fx.Node], fx.Node] | None:
     """(position-wise ops after ``linear``, the col2im's reshape that ends them), or None."""
     ops: list[fx.Node] = []
     n = linear
+    lin = modules[str(linear.target)]
+    assert isinstance(lin, nn.Linear)
+    width = lin.out_features
     while True:
         nxt = only_user(n)
         if nxt is None:
@@ -161,9 +174,9 @@ def _tail(linear: fx.Node, width: int, grid: tuple[int, int], modules: dict[str,
                     or reshape.kwargs or shape_args(reshape.args[1:]) != (-1, width, *grid)):
                 return None
             return ops, reshape
-        lin = _linear_call(nxt, modules, calls)
-        if lin is not None:
-            width = lin.out_features
+        one = _linear_call(nxt, modules, calls)
+        if one is not None:
+            width = one.out_features
         elif not (_unary_of(nxt, n) and (nxt.target in UNARY or _softmax_last(nxt))):
             return None
         ops.append(nxt)
@@ -176,25 +189,45 @@ def _softmax_last(n: fx.Node) -> bool:
 
 
 def _convolve(gm: fx.GraphModule, patches: _Patches, chain: list[fx.Node], linear: fx.Node,
-              modules: dict[str, nn.Module], calls: dict[str, int]) -> None:
-    """Replace ``chain`` and ``linear`` (and a position-wise tail up to a col2im) by a convolution."""
+              tail: tuple[list[fx.Node], fx.Node] | None, modules: dict[str, nn.Module],
+              channels_last: dict[fx.Node, fx.Node]) -> None:
+    """Replace ``chain`` and ``linear`` (and a position-wise tail up to a col2im) by a convolution.
+
+    Without a col2im the convolution's output is read as the linear's (B, L, D) or, where
+    a transpose follows, as (B, D, L).
+    """
     graph = gm.graph
     lin = modules[str(linear.target)]
     assert isinstance(lin, nn.Linear)
     width, grid = lin.out_features, patches.grid
-    tail = _tail(linear, width, grid, modules, calls)
-    last = tail[1] if tail is not None else linear
+    back = only_user(linear)
+    if tail is not None:
+        last = tail[1]
+    elif back is not None and swaps_last_two(back, 3):
+        last = back
+    else:
+        last = linear
     with graph.inserting_before(last):
         h = patches.x
         for e in chain:  # the elementwise ops in front of the unfold, on the image
             if permutation(e) is None:
                 h = _copy(graph, e, h, patches.x.meta[FEATURE])
         conv = _conv_like(lin, patches)
-        if tail is None:
-            # back to the linear's (B, L, D) for what reads it: from a channels-last convolution
-            # a view, and contiguous (a transposed view slows what follows, a sum with a table 1.7x)
-            cl = graph.call_method("contiguous", (h,), {"memory_format": torch.channels_last})
-            cl.meta.update({**linear.meta, FEATURE: h.meta[FEATURE]})
+        if last is back:  # (B, D, L): the convolution's own layout
+            h = _module(gm, linear, conv, h, Feature((width, *grid), IM))
+            h = graph.call_method("reshape", (h, -1, width, grid[0] * grid[1]))
+            h.meta.update(back.meta)
+        elif tail is None:
+            # the linear's (B, L, D) for what reads it: from a channels-last convolution a view, and
+            # contiguous (a transposed view slows what follows, a sum with a table 1.7x). The
+            # conversion is the image's (outside the branches of a clone of the patches), once.
+            cl = channels_last.get(h)
+            if cl is None:
+                where, like = (patches.unfold, patches.unfold) if h is patches.x else (last, h)
+                with graph.inserting_before(where):
+                    cl = graph.call_method("contiguous", (h,), {"memory_format": torch.channels_last})
+                cl.meta.update({**like.meta, FEATURE: h.meta[FEATURE]})
+                channels_last[h] = cl
             h = _module(gm, linear, conv, cl, Feature((width, *grid), IM))
             h = graph.call_method("permute", (h, 0, 2, 3, 1))
             h.meta.update({**linear.meta, FEATURE: Feature((*grid, width), IM)})
@@ -214,7 +247,9 @@ def _convolve(gm: fx.GraphModule, patches: _Patches, chain: list[fx.Node], linea
                     h = _copy(graph, n, h, Feature((width, *grid), IM), dim=1)
     last.replace_all_uses_with(h)
     dead = [*chain, linear]
-    if tail is not None:
+    if last is back:
+        dead.append(back)
+    elif tail is not None:
         col2im = last.args[0]
         assert isinstance(col2im, fx.Node)
         dead += [*tail[0], col2im, last]

@@ -12,6 +12,10 @@ ones. Small products are dominated by per-op overhead, where fewer ops always wi
 convolution of b groups beats b separate ones on CPU (chunk and concatenation included) up to
 about 2^20 FLOPs per sample and group (0.2-0.95x the time), and loses up to 1.9x beyond
 (measured: 3x3 kernels, 8-256 channels, 16x16 and 32x32 images, batch 8, forward and backward).
+A patch embedding (a linear of im2col patches that do not overlap, stride > 1, read as a
+sequence) runs faster on CPU as that linear of the patches reshaped than as a strided
+convolution read as a sequence: 1-1.3x at 32 channels, 2-3x at 3 (einc.passes.conv_fusion;
+overlapping windows are up to 3x faster as convolutions).
 
 On CUDA every form is one kernel launch per op and launches dominate networks of this size, so
 fewer, larger ops win: wide and batched products and grouped convolutions are always taken.
@@ -36,6 +40,7 @@ class CostModel:
     wide_max_width: int  # ... and at most this many output columns (K: the reduced dim)
     batched_large_gemms: bool  # b large products as one bmm/einsum
     grouped_conv_flops: int | None  # b convolutions as one grouped one up to this size; None: always
+    patch_conv: bool  # a patch embedding as a strided convolution (else: a linear of reshaped patches)
 
     def small(self, flops: int) -> bool:
         return flops <= self.small_flops
@@ -54,9 +59,9 @@ class CostModel:
 
 
 CPU = CostModel("cpu", small_flops=1 << 18, narrow_width=128, wide_min_k=16, wide_max_width=1024,
-                batched_large_gemms=False, grouped_conv_flops=1 << 20)
+                batched_large_gemms=False, grouped_conv_flops=1 << 20, patch_conv=False)
 CUDA = CostModel("cuda", small_flops=1 << 62, narrow_width=1 << 62, wide_min_k=0, wide_max_width=1 << 62,
-                 batched_large_gemms=True, grouped_conv_flops=None)
+                 batched_large_gemms=True, grouped_conv_flops=None, patch_conv=True)
 
 
 def cost_model(device: str | None = None) -> CostModel:

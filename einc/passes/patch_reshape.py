@@ -14,7 +14,12 @@ from ..ops import COL, Feature
 from .cost import CPU, CostModel
 from .graph import bind, finish, pair
 
-__all__ = ["reshape_patches"]
+__all__ = ["rearranges", "reshape_patches"]
+
+
+def rearranges(k: tuple[int, int], s: tuple[int, int], p: tuple[int, int], d: tuple[int, int]) -> bool:
+    """An unfold of these sizes holds each pixel at most once, and reshape_patches writes it so."""
+    return d == (1, 1) and p == (0, 0) and k in (s, (1, 1))
 
 
 def reshape_patches(gm: fx.GraphModule, cost: CostModel = CPU) -> int:
@@ -38,8 +43,8 @@ def reshape_patches(gm: fx.GraphModule, cost: CostModel = CPU) -> int:
         x = args["input"]
         k, d, p, s = (pair(args[a]) for a in ("kernel_size", "dilation", "padding", "stride"))
         feature = x.meta.get(FEATURE) if isinstance(x, fx.Node) else None
-        if (k is None or s is None or d != (1, 1) or p != (0, 0) or feature is None or len(feature.shape) != 3
-                or k not in (s, (1, 1))):
+        if (k is None or s is None or p is None or d is None or feature is None or len(feature.shape) != 3
+                or not rearranges(k, s, p, d)):
             continue
         c, h, w = feature.shape
         gh, gw = (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1
