@@ -388,7 +388,7 @@ def _setup(config: SearchConfig):
     from einc.sample import Sampler
 
     from .bo import BayesianOptimisation
-    from .prefilter import PrefilteredEvolution
+    from .prefilter import PrefilteredEvolution, proxy_for
     from .strategies import RandomSearch, RegularisedEvolution
 
     grammar = _setup_grammar(config)
@@ -409,7 +409,8 @@ def _setup(config: SearchConfig):
         return grammar, data, BayesianOptimisation(sampler, rng, seeds)
     if config.strategy == "re" and config.prefilter > 1:
         return grammar, data, PrefilteredEvolution(sampler, rng, config.population, config.tournament, seeds,
-                                                   config.prefilter)
+                                                   config.prefilter, proxy=proxy_for(grammar, data, config.seed,
+                                                                                     config.batch_size))
     if config.strategy == "re":
         return grammar, data, RegularisedEvolution(sampler, rng, config.population, config.tournament, seeds)
     return grammar, data, RandomSearch(sampler, rng, config.strategy)

@@ -5,9 +5,8 @@ search's initial population (evolution) or design (BO) with the best.
 Unlike a strategy, this builds and runs networks, so it happens once, in the search's own
 process, before the first proposal, and what it chose is journaled (a ``warmup`` line): a resumed
 search reads its choice back instead of scoring again. It is deterministic anyway: its samples
-come from a generator seeded by the search's seed alone, its batch is the first ``batch_size``
-training samples, every network is built after ``torch.manual_seed(seed)`` and scored on the CPU
-with one thread (more threads change float rounding, and so, rarely, a ranking).
+come from a generator seeded by the search's seed alone, and runtime/zero_cost.py scores them
+the same on every run.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from einc.sample import Sampler
 from einc.tree import Expansion
 
 from .journal import Journal
+from .zero_cost import scorer
 
 RETRIES = 20
 """Redraws of a sample that repeats a network already drawn."""
@@ -63,7 +63,8 @@ def warm_up(spec: str, count: int, seed: int, grammar: Any, data: Any, sampler: 
         if key(tree) not in keys:
             keys.add(key(tree))
             trees.append(tree)
-    values = _scores(proxy, trees, seed, grammar, data, batch_size)
+    value = scorer(proxy, grammar, data, seed, batch_size)
+    values = [value(t) for t in trees]
     order = sorted(range(len(trees)), key=lambda i: (1, 0.0, i) if math.isnan(values[i]) else (0, -values[i], i))
     order = order[:count]
     journal.append({"kind": "warmup", "proxy": proxy, "sampled": len(trees),
@@ -71,30 +72,6 @@ def warm_up(spec: str, count: int, seed: int, grammar: Any, data: Any, sampler: 
                     "values": [None if math.isnan(values[i]) else values[i] for i in order],
                     "failed": sum(math.isnan(v) for v in values), "seconds": round(time.time() - started, 3)})
     return tuple(trees[i] for i in order)
-
-
-def _scores(proxy: str, trees: list[Expansion], seed: int, grammar: Any, data: Any, batch_size: int) -> list[float]:
-    import torch
-
-    from einc.proxies import score
-
-    n = min(batch_size, len(data.train_x))
-    x = torch.as_tensor(data.train_x[:n], dtype=torch.float32)
-    y = torch.as_tensor(data.train_y[:n], dtype=torch.int64 if data.train_y.dtype.kind in "iu" else torch.float32)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = []
-        for tree in trees:
-            try:
-                value = score(grammar.architecture(tree), (x, y), [proxy], loss=data.task.loss,
-                              output_shape=data.output_shape, seed=seed)[proxy].value
-            except Exception:  # a network that does not build or run here: ranked last, as a failed proxy is
-                value = math.nan
-            out.append(value if math.isfinite(value) else math.nan)  # -inf (NASWOT's singular kernel): last
-        return out
-    finally:
-        torch.set_num_threads(threads)
 
 
 def problem(spec: str, strategy: str, data: Any) -> str | None:

@@ -105,6 +105,20 @@ def test_the_gp_interpolates_its_points_and_is_unsure_away_from_them():
     assert far.max() > 0.05 and believed[0] < 1e-2
 
 
+def test_a_proxy_that_explains_the_scores_carries_the_model_and_one_that_does_not_is_left_out():
+    rng = random.Random(1)
+    trees = list({show(t): t for t in (SAMPLER.sample(rng) for _ in range(40))}.values())
+    informed = Model(proxy=lambda t: 2 ** linears(t))
+    informed.fit(trees[:25], [linears(t) for t in trees[:25]])
+    assert informed.posterior is not None and informed.posterior.weight < 1.0
+    inside = [t for t in trees[25:] if linears(t) <= max(linears(t) for t in trees[:25])]  # no extrapolation
+    mean, _ = informed.predict(inside)
+    assert len(inside) > 5 and np.allclose(mean, [linears(t) for t in inside], atol=0.1)
+    blind = Model(proxy=lambda t: float(len(show(t)) % 3))  # unrelated to the scores
+    blind.fit(trees[:25], [linears(t) for t in trees[:25]])
+    assert blind.posterior is not None and blind.posterior.weight == 1.0
+
+
 # --------------------------------------------------------------------------- strategies on a synthetic objective
 
 
@@ -226,6 +240,15 @@ def test_warmup_seeds_the_population_with_the_best_by_proxy_and_resumes_without_
     (tmp_path / "c" / "journal.jsonl").write_text("".join(lines[:len(lines) // 2]))
     run_search(SearchConfig(), tmp_path / "c", resume=True, evaluator=FakeEvaluator(2))
     assert runs(tmp_path / "c") == runs(tmp_path / "a")
+
+
+def test_the_prefilter_with_its_proxy_writes_one_journal_whatever_the_workers(tmp_path):
+    settings = dict(TINY, budget=7, population=3, tournament=2, lag=2, prefilter=3)
+    for n in (1, 2):
+        run_search(SearchConfig(**dict(settings, workers=n)), tmp_path / str(n),
+                   evaluator=FakeEvaluator(n, duration=lambda a: 1.0 + len(a) % 3))
+    assert runs(tmp_path / "1") == runs(tmp_path / "2")
+    assert sum(r["origin"] == "mutation" for r in runs(tmp_path / "1") if r["kind"] == "proposal") >= 4
 
 
 def test_bad_settings_are_refused_in_one_line():
