@@ -191,12 +191,17 @@ def test_patches_used_otherwise_keep_their_unfold(text):
     assert _calls(gm, F.unfold) == 1
 
 
-def test_convolutions_in_equal_branches_are_batched():
-    text = ("branching(clone(b=4), [routing(im2col(k=3, s=1, p=1), sequential(linear(d=16), relu, linear(d=16)),"
-            " col2im)]*4, concat(dim=1, b=4))")
+@pytest.mark.parametrize("text, convs", [
+    ("branching(clone(b=4), [routing(im2col(k=3, s=1, p=1), sequential(linear(d=16), relu, linear(d=16)),"
+     " col2im)]*4, concat(dim=1, b=4))", 2),
+    # a clone of the patches: b convolutions of one channels-last image, batched into one
+    ("routing(im2col(k=3, s=1, p=1), branching(clone(b=4), [linear(d=16)]*4, concat(dim=2, b=4)), identity)", 1),
+], ids=["blocks", "clone-of-patches"])
+def test_convolutions_in_equal_branches_are_batched(text, convs):
     raw = lowered(text, IM)
     gm = optimize(copy.deepcopy(raw), device="cpu")
     assert _calls(gm, F.unfold) == 0 and any(n.meta.get(BATCHED) for n in gm.graph.nodes)
+    assert sum(isinstance(m, nn.Conv2d) for m in gm.modules()) == convs
     assert_same_function(raw, gm, IM)
     same_in_training(raw, gm, IM)
     round_trip(raw, gm)
