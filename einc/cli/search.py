@@ -51,7 +51,7 @@ _D = SearchConfig()  # the defaults the flags show: SearchConfig is their one ho
 @click.option("--tournament", type=click.IntRange(1), default=_D.tournament, show_default=True)
 @click.option("--prefilter", type=click.IntRange(1), default=_D.prefilter, show_default=True, metavar="M",
               help="Evolution draws M children per proposal and trains the one a surrogate fitted to the scores "
-                   "so far (a WL-kernel GP over derivation trees) predicts best.")
+                   "so far predicts best (a GP on the derivation tree's WL features and, on data, its synflow).")
 @click.option("--warmup", default=None, metavar="PROXY:K",
               help="Seed the initial population (re, bo) with the best of K samples by a zero-cost proxy on one "
                    "minibatch: params, flops, synflow, naswot, jacob_cov, grad_norm or snip.")
