@@ -208,16 +208,29 @@ def test_convolutions_in_equal_branches_are_batched(text, convs):
 
 
 @pytest.mark.parametrize("k, s", [(1, 1), (1, 2), (4, 4), (8, 8)])
-@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 12, 20)], ids=str)  # 12 x 20: 8 x 8 windows crop it
+@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 12, 20)], ids=str)
 def test_windows_that_do_not_overlap_are_a_reshape(k, s, shape):
     text = f"sequential(norm, routing(im2col(k={k}, s={s}, p=0), sequential(softmax, norm), col2im))"
     raw = lowered(text, shape)
     gm = copy.deepcopy(raw)
-    assert reshape_patches(gm, CPU) == 1
-    assert _calls(gm, F.unfold) == 0
+    divides = shape[1] % s == 0 and shape[2] % s == 0  # 8 does not divide 12 x 20: unfold stays
+    assert reshape_patches(gm, CPU) == divides
+    assert _calls(gm, F.unfold) == (not divides)
     assert_same_function(raw, gm, shape)
     same_in_training(raw, gm, shape)  # the first norm's gradients pass back through the rearrangement
     same_when_emitted(gm, shape)
+
+
+@pytest.mark.parametrize("k, s", [(1, 2), (4, 4)])
+def test_a_batched_unfold_of_windows_that_do_not_overlap_is_a_reshape(k, s):
+    """Horizontal fusion batches b branches' unfolds into one, of their images side by side."""
+    text = (f"branching(clone(b=4), [sequential(norm, routing(im2col(k={k}, s={s}, p=0), softmax, col2im))]*4,"
+            " concat(dim=1, b=4))")
+    raw = lowered(text, IM)
+    gm = optimize(copy.deepcopy(raw), device="cpu")
+    assert _calls(gm, F.unfold) == 0 and any(n.meta.get(BATCHED) for n in gm.graph.nodes)
+    assert_same_function(raw, gm, IM)
+    same_when_emitted(gm, IM)
 
 
 def test_overlapping_or_padded_windows_keep_their_unfold():
@@ -262,15 +275,18 @@ def test_equal_branches_are_batched_exactly(text, shape):
 
 @pytest.mark.parametrize("text, shape, batched", [
     # a concat dim that, counted from the end of the stacked value, would be the batch's: refused
-    ("sequential(branching(group-dim(dim=2, b=4), [routing(im2col(k=8, s=8, p=0), routing(permute(o=(2, 1)),"
+    # (an overlapping unfold's stacked shape is unknown; one of 8 x 8 windows is a reshape, batched)
+    ("sequential(branching(group-dim(dim=2, b=4), [routing(im2col(k=3, s=2, p=1), routing(permute(o=(2, 1)),"
      " softmax, identity), permute(o=(2, 1)))]*4, concat(dim=2, b=4)), linear(d=16))", (3, 32, 32), False),
+    ("sequential(branching(group-dim(dim=2, b=4), [routing(im2col(k=8, s=8, p=0), routing(permute(o=(2, 1)),"
+     " softmax, identity), permute(o=(2, 1)))]*4, concat(dim=2, b=4)), linear(d=16))", (3, 32, 32), True),
     # a value shared by every branch of an inner block, expanded into the outer stack
     ("branching(clone(b=4), [branching(clone(b=2), [relu, branching(clone(b=4), [branching(group-dim(dim=2, b=4),"
      " [linear(d=16)]*4, add)]*4, concat(dim=2, b=4))], concat(dim=2, b=2))]*4, concat(dim=2, b=4))", (16, 32), True),
     # the sum of b equal branches that do not depend on the branch: b times one
     ("branching(clone(b=4), [sequential(softmax, branching(group-dim(dim=1, b=8), [identity]*8,"
      " concat(dim=2, b=8)))]*4, add)", (16, 32), True),
-], ids=["negative-dim", "shared-expanded", "shared-sum"])
+], ids=["negative-dim", "reshaped-patches", "shared-expanded", "shared-sum"])
 def test_rarer_stackings_found_by_sampling_are_exact(text, shape, batched):
     """Cut down from sampled networks that reached these paths of horizontal fusion only at
     0.8 GFLOPs or 20M parameters (tests/test_sample.py's sampled check stays below)."""

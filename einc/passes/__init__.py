@@ -9,6 +9,7 @@ the cost model (``cost``) only chooses among exact forms, per device. The passes
 ``PIPELINE`` order:
 
 * ``fuse_convolutions`` (conv_fusion): a linear of im2col's patches becomes an ``nn.Conv2d``;
+* ``reshape_patches`` (patch_reshape): an unfold whose windows do not overlap becomes a reshape;
 * ``remove_permutes`` (permute_chains): consecutive permutes compose, identities vanish;
 * ``order_add_operands`` (operand_order): a permuted view goes second in a sum;
 * ``dead_code`` (dce): unread nodes, unused modules and parameters go;
@@ -19,7 +20,6 @@ the cost model (``cost``) only chooses among exact forms, per device. The passes
 * ``merge_linears``: linears reading one tensor become one whose output is split;
 * ``fuse_attention`` (attention): ``softmax(q @ k^T * c) @ v`` becomes
   ``F.scaled_dot_product_attention``;
-* ``reshape_patches`` (patch_reshape): an unfold whose windows do not overlap becomes a reshape;
 * then ``remove_permutes`` and ``dead_code`` again, for what the fusions left.
 
 Weights move (concatenated, reshaped) and the state dict's keys change; einc.passes.provenance
@@ -58,13 +58,13 @@ __all__ = ["CPU", "CUDA", "FUSIONS", "LOCAL", "PIPELINE", "CostModel", "Pass", "
 
 Pass = Callable[[fx.GraphModule, CostModel], int]
 
-LOCAL: tuple[Pass, ...] = (fuse_convolutions, remove_permutes, order_add_operands, dead_code)
+LOCAL: tuple[Pass, ...] = (fuse_convolutions, reshape_patches, remove_permutes, order_add_operands, dead_code)
 """The local rewrites, first: the fusions match the forms they leave."""
 
 FUSIONS: tuple[Pass, ...] = (batch_branches, dedupe, merge_linears, fuse_attention)
 """The passes that merge parallel work into fewer, larger ops."""
 
-PIPELINE: tuple[Pass, ...] = (*LOCAL, *FUSIONS, reshape_patches, remove_permutes, dead_code)
+PIPELINE: tuple[Pass, ...] = (*LOCAL, *FUSIONS, remove_permutes, dead_code)
 """What ``optimize`` runs: the local rewrites, the fusions, then a clean-up of what they left."""
 
 
