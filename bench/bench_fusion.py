@@ -1,8 +1,9 @@
 """How fast einc's fused networks train: against hand-written PyTorch, and against unfused einc.
 
-    python bench/bench_fusion.py                        # both parts, defaults below (~6-10 min)
-    python bench/bench_fusion.py --samples 0            # the four seeds only
-    python bench/bench_fusion.py --models vit --samples 50
+    python bench/bench_fusion.py                        # all three parts, defaults below (~20-30 min)
+    python bench/bench_fusion.py --samples 0 --im2col-samples 0   # the four seeds only
+    python bench/bench_fusion.py --models "" --samples 0          # part 3 only
+    python bench/bench_fusion.py --quick                # a smoke run of every part (~2 min)
 
 1. Seeds: forward + backward time (zero_grad, cross-entropy, backward) of ``einc.build``'s
    network (optimize=True: every pass of einc.passes) over the hand-written one of
@@ -17,6 +18,15 @@
    interleaved, median of ``--sample-reps`` runs. Prints median and quartiles of the
    speed-ups (time of the slower form / time of the fused one; > 1: fused is faster): over
    the unoptimised build (what optimize=True buys) and over passes only (what fusion adds).
+3. im2col in sampled networks: ``--im2col-samples`` architectures drawn from einspace at
+   (3, 32, 32) within 2M parameters and 3e8 FLOPs (seeds 0, 1, ...; issue 21's setting). Prints
+   the share that still holds an ``F.unfold`` after optimisation (goal <= 10%: only im2cols used
+   in Col mode, whose patches are not read by a linear) beside the share holding one as
+   lowered, the unfold and Conv2d counts, and the (k, s, p) of the unfolds left. Then the first
+   ``--im2col-timed`` of them holding an im2col are timed as in 2 (batch 8, median of
+   ``--sample-reps`` interleaved runs) in three builds holding the same weights: unoptimised,
+   every pass but the im2col rewrites (fuse_convolutions, reshape_patches), and every pass;
+   quartiles of the speed-ups and the ratios of the summed times.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -37,7 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import einc  # noqa: E402
 from einc.ops import feature_for  # noqa: E402
-from einc.passes import LOCAL, optimize, pack_state_dict  # noqa: E402
+from einc.passes import LOCAL, PIPELINE, fuse_convolutions, optimize, pack_state_dict, reshape_patches  # noqa: E402
 from einc.sample import Sampler  # noqa: E402
 from einc.testing import SMALL  # noqa: E402
 from einc.tree import Fork, walk  # noqa: E402
@@ -141,6 +152,58 @@ def sampled(count: int, reps: int, batch: int = 8, shape: tuple[int, ...] = (3, 
           f"{medians[2]:.2f} ms; sum over the networks: {total[0]:.2f} s, {total[1]:.2f} s, {total[2]:.2f} s")
 
 
+def im2col(count: int, timed: int, reps: int, batch: int = 8, shape: tuple[int, ...] = (3, 32, 32)) -> None:
+    g = einc.load("einspace")
+    sampler = Sampler(g.table, shape, einc.Budget(max_params=2_000_000, max_flops=300_000_000))
+    print(f"\n3. im2col in {count} einspace samples, input {shape}, 2M params, 3e8 FLOPs", flush=True)
+    lowered = held = in_text = unfolds_raw = unfolds = convs = 0
+    left: Counter[tuple[int, int, int]] = Counter()
+    ms: list[tuple[float, float, float]] = []  # unoptimised, fused but for the im2col rewrites, fused
+    others = [p for p in PIPELINE if p not in (fuse_convolutions, reshape_patches)]
+    start = time.perf_counter()
+    for seed in range(count):
+        arch = g.architecture(sampler.sample(random.Random(seed)), "Im")
+        in_text += arch.text.count("im2col(")
+        torch.manual_seed(seed)
+        raw = einc.build(arch, shape, num_classes=CLASSES, optimize=False).train()
+        fused = einc.build(arch, shape, num_classes=CLASSES, check=False, device="cpu").train()
+        before, after = _unfolds(raw), _unfolds(fused)
+        lowered += bool(before)
+        held += bool(after)
+        unfolds_raw += len(before)
+        unfolds += len(after)
+        convs += sum(isinstance(m, torch.nn.Conv2d) for m in fused.modules())
+        left.update((n.kwargs["kernel_size"], n.kwargs["stride"], n.kwargs["padding"]) for n in after)
+        if before and len(ms) < timed:
+            fused.load_state_dict(pack_state_dict(raw.state_dict(), fused))
+            rest = optimize(copy.deepcopy(raw), device="cpu", passes=others)
+            x = torch.randn(batch, *shape)
+            y = torch.randint(0, CLASSES, (batch,))
+            a, b, c = interleaved_all([raw, rest, fused], x, y, reps)
+            ms.append((1000 * a, 1000 * b, 1000 * c))
+        if (seed + 1) % 50 == 0:
+            print(f"  {seed + 1} networks, {time.perf_counter() - start:.0f} s", flush=True)
+    mark = "ok" if held <= 0.10 * count else "MISSED"
+    print(f"holding an F.unfold: optimised {held}/{count} ({100 * held / count:.1f}%, goal <= 10%: {mark}), "
+          f"as lowered {lowered}/{count} ({100 * lowered / count:.1f}%)")
+    print(f"im2col in the strings: {in_text}; F.unfold calls: {unfolds_raw} lowered, {unfolds} optimised; "
+          f"Conv2d made: {convs}")
+    if left:
+        print("unfolds left by (k, s, p): " + ", ".join(f"{k}: {n}" for k, n in sorted(left.items())))
+    if len(ms) >= 2:
+        print(f"forward+backward of {len(ms)} of them holding an im2col, batch {batch}, median of {reps} "
+              f"interleaved runs")
+        print(f"speed-up over unoptimised (optimize=False): {_quartiles([r / f for r, _, f in ms])}")
+        print(f"speed-up over every other pass (the im2col rewrites' part): {_quartiles([o / f for _, o, f in ms])}")
+        raw_s, rest_s, fused_s = (sum(col) / 1000 for col in zip(*ms, strict=True))
+        print(f"sum over the networks: unoptimised {raw_s:.2f} s, without the im2col rewrites {rest_s:.2f} s, "
+              f"fused {fused_s:.2f} s; ratios {raw_s / fused_s:.2f} and {rest_s / fused_s:.2f}")
+
+
+def _unfolds(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is F.unfold]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="resnet18,wrn16_4,vit,mixer",
@@ -148,13 +211,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7, help="timed runs per seed measurement (median; >= 5)")
     ap.add_argument("--samples", type=int, default=200, help="sampled networks (0: skip)")
     ap.add_argument("--sample-reps", type=int, default=5, help="timed runs per sampled network (median)")
+    ap.add_argument("--im2col-samples", type=int, default=300,
+                    help="einspace samples checked for a remaining F.unfold (part 3; 0: skip)")
+    ap.add_argument("--im2col-timed", type=int, default=40,
+                    help="of part 3's samples holding an im2col, how many to time (fused vs unfused)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: few networks, few runs, ViT only")
     args = ap.parse_args()
+    if args.quick:
+        args.models, args.reps, args.samples, args.sample_reps = "vit", 5, 4, 3
+        args.im2col_samples, args.im2col_timed = 20, 4
     torch.set_num_threads(1)
     print(f"einc {einc.__version__}, torch {torch.__version__}, 1 thread, CPU")
     if args.models:
         seeds(args.models.split(","), max(args.reps, 5))
     if args.samples:
         sampled(args.samples, args.sample_reps)
+    if args.im2col_samples:
+        im2col(args.im2col_samples, args.im2col_timed, args.sample_reps)
 
 
 if __name__ == "__main__":
