@@ -157,7 +157,7 @@ def write_outputs(out: Path, config, grammar, shape, num_classes: int | None, re
         files[2:2] = ["best.arch", "best.py"]
         if _draw(out / "best.svg", grammar, best["arch"], shape):
             files.insert(4, "best.svg")
-    summary["files"] = files
+    summary["files"] = files + ["report.html"]  # the page (runtime/report_html.py) is written right after
     _plot(out / "plot.png", records, config.strategy, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.txt").write_text(format_summary(summary, out) + "\n")
