@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import pytest
 
@@ -16,11 +17,12 @@ G = einc.load("einspace")
 SHAPE = (3, 16, 16)
 
 
-def fake_fitness(tree) -> float | None:
+def fake_fitness(tree) -> tuple[int, float] | None:
+    """A Score (rung, value), as strategies are told; crc32, not hash(): str hashes differ per process."""
     c = counts(tree)
     if c.terminals % 7 == 0:
         return None  # some evaluations "fail"
-    return (hash(show(tree)) % 1000) / 1000
+    return 0, (zlib.crc32(show(tree).encode()) % 1000) / 1000
 
 
 class RecordingRandom(random.Random):
@@ -61,7 +63,7 @@ def test_population_tournament_and_ageing_are_exact():
         assert origin == "mutation" and len(contenders) == 3
         # contenders are drawn from the population alive at proposal time: the last 8 observed
         assert all(i - 8 <= c < i for c in contenders)
-        best = max(range(3), key=lambda k: -1.0 if fits[k] is None else fits[k])
+        best = max(range(3), key=lambda k: (0, -1.0) if fits[k] is None else fits[k])
         assert parent == contenders[best]
         assert text != history[parent][0]  # a mutation differs from its parent
 
@@ -84,7 +86,7 @@ def test_failed_evaluations_lose_tournaments():
     re = RegularisedEvolution(s, rng, population=4, tournament=4)
     trees = [re.propose().tree for _ in range(4)]
     for i, t in enumerate(trees):
-        re.observe(i, t, None if i != 2 else 0.1)
+        re.observe(i, t, None if i != 2 else (0, 0.1))
     parents = {re.propose().parent for _ in range(20)}
     # a tournament of 4 drawn with replacement from 4 members usually contains member 2
     assert 2 in parents and parents <= {0, 1, 2, 3}
@@ -96,7 +98,7 @@ def test_random_search_is_deterministic_and_independent_of_fitness():
     xs = []
     for i in range(20):
         pa, pb = a.propose(), b.propose()
-        a.observe(i, pa.tree, 0.5)
+        a.observe(i, pa.tree, (0, 0.5))
         b.observe(i, pb.tree, None)
         assert pa.tree == pb.tree and pa.parent is None
         xs.append(show(pa.tree))
