@@ -202,6 +202,15 @@ class LivePage:
         except Exception as e:  # the page is a view: never the search's failure
             _warn(self.out, e)
 
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop rewriting (a stopped search): let a rewrite in flight end, within ``timeout``, so the
+        interpreter never exits under a thread that is inside torch or matplotlib (C++ aborts then)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def _loop(self) -> None:
         while True:
             with self._wake:
