@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .errors import ShapeError
 from .ops import Feature, Features, Library, NotApplicable, feature_for
-from .tree import Expansion, Fork, Leaf, Node, Path, Trail, deep, gc_paused
+from .tree import Fork, Leaf, Node, Path, Trail, deep, gc_paused, steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +66,11 @@ def _walk(node: Node, fs: Features, trail: Trail, copies: int, library: Library,
 
     A sequence of expansions and leaves is walked by an explicit stack; only a fork's branches
     recurse, so a long chain makes no generator per node."""
-    todo: list[tuple[Node, Trail]] = [(node, trail)]
-    while todo:
-        node, trail = todo.pop()
-        if isinstance(node, Expansion):
-            kids = node.children
-            todo.extend((kids[i], Trail(trail, i)) for i in range(len(kids) - 1, -1, -1))
-        elif isinstance(node, Leaf):
-            fs = _leaf(node, fs, trail, copies, library, layers, text)
+    for step, where in steps(node, trail):
+        if isinstance(step, Leaf):
+            fs = _leaf(step, fs, where, copies, library, layers, text)
         else:
-            fs = yield _fork(node, fs, trail, copies, library, layers, text)
+            fs = yield _fork(step, fs, where, copies, library, layers, text)
     return fs
 
 

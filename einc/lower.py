@@ -42,7 +42,7 @@ from .infer import infer
 from .meta import BRANCH, FEATURE, INFO, PATH
 from .notation import show
 from .ops import COL, IM, Feature, Features, Library, NotApplicable, is_builtin
-from .tree import Expansion, Fork, Leaf, Node, Trail, deep, gc_paused
+from .tree import Fork, Leaf, Node, Trail, deep, gc_paused, steps
 from .verify import lint
 
 __all__ = ["HEAD", "lower"]
@@ -206,16 +206,11 @@ class _Context:
         """(nodes, features) after ``node``; a generator run by einc.tree.deep, so any depth
         lowers (``x = yield self.fork(...)`` is the recursive call). A sequence of expansions and
         leaves is walked by an explicit stack; only a fork's branches recurse."""
-        todo: list[tuple[Node, Trail]] = [(node, trail)]
-        while todo:
-            node, trail = todo.pop()
-            if isinstance(node, Expansion):
-                kids = node.children
-                todo.extend((kids[i], Trail(trail, i)) for i in range(len(kids) - 1, -1, -1))
-            elif isinstance(node, Leaf):
-                nodes, fs = self.leaf(node, nodes, fs, trail)
+        for step, where in steps(node, trail):
+            if isinstance(step, Leaf):
+                nodes, fs = self.leaf(step, nodes, fs, where)
             else:
-                nodes, fs = yield self.fork(node, nodes, fs, trail)
+                nodes, fs = yield self.fork(step, nodes, fs, where)
         return nodes, fs
 
     def fork(self, node: Fork, nodes: list[fx.Node], fs: Features, trail: Trail):
