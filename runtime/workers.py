@@ -324,7 +324,7 @@ class SlotPool:
 # What every training worker imports: a fork server imports it once, and each worker starts as a
 # fork of it in milliseconds instead of importing torch anew (a second or more per worker, paid
 # again whenever a failed candidate's worker is replaced). Nothing here touches CUDA.
-_PRELOAD = ["torch", "einc.runtime.candidate", "einc.runtime.train"]
+_PRELOAD = ["einc.runtime.fork_server", "torch", "einc.runtime.candidate", "einc.runtime.train"]
 
 
 def _context() -> mp.context.ForkServerContext | mp.context.SpawnContext:
@@ -387,10 +387,9 @@ class LocalEvaluator(SlotPool):
         # daemon: stopped when the search exits; killed by the kernel when the search is (_die_with).
         proc = self._ctx.Process(target=_worker, args=(child, self.threads, os.getpid(), slot.name, self.prepare),
                                  daemon=True, name=f"einc-worker-{slot.name}")
-        # The first start spawns the fork server, which imports torch for seconds with Python's default
-        # SIGINT handling: a Ctrl-C to the terminal's process group would print its traceback. It and
-        # the workers start with both signals blocked (the search stops them itself); here a signal
-        # waits until the start has finished, so no started worker goes untracked.
+        # The first start spawns the fork server (it ignores Ctrl-C from its first import on:
+        # einc.runtime.fork_server). Here a signal waits until the start has finished, so no
+        # started worker goes untracked.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             proc.start()

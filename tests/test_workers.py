@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -41,6 +43,18 @@ def test_workers_fork_from_a_server_that_has_imported_torch_once():
     results = [o.result for o in (*out.values(), *again.values())]
     assert all(r["torch"] for r in results)  # torch came with the fork; the jobs import nothing
     assert len({r["parent"] for r in results}) == 1 and results[0]["parent"] != os.getpid()
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_the_fork_server_ignores_ctrl_c_from_its_first_import():
+    """Ctrl-C reaches the whole process group; while the fork server imported torch (seconds) one
+    printed its KeyboardInterrupt traceback. Its first import now ignores SIGINT, there only."""
+    assert workers._PRELOAD[0] == "einc.runtime.fork_server"
+    probe = "import signal, einc.runtime.fork_server; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
+    as_server = f"from multiprocessing.forkserver import main; {probe}"  # how multiprocessing starts one
+    seen = [subprocess.run([sys.executable, "-c", c], capture_output=True, text=True, check=True).stdout.strip()
+            for c in (as_server, probe)]
+    assert seen == ["True", "False"]
 
 
 def test_without_a_fork_server_workers_are_spawned(monkeypatch):
