@@ -25,19 +25,28 @@ ask-and-tell (``trial = study.ask()``, ``study.tell(trial, score)``). They, ``ei
 """
 
 import importlib as _importlib
+from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .api import Architecture, Grammar, build, compile_grammar, load
-from .errors import EinError
-from .sample import Budget
-from .tree import Expansion, Fork, Leaf
+
+if TYPE_CHECKING:
+    from .api import Architecture, Grammar, build, compile_grammar, load
+    from .errors import EinError
+    from .runtime.objective import Context
+    from .runtime.study import SearchResult, Study, Trial, TrialResult, search
+    from .sample import Budget
+    from .tree import Expansion, Fork, Leaf
 
 __all__ = ["Architecture", "Budget", "Context", "EinError", "Expansion", "Fork", "Grammar", "Leaf", "SearchResult",
            "Study", "Trial", "TrialResult", "__version__", "build", "compile_grammar", "load", "search"]
 
-# the search API: imported on first use, so that ``import einc`` stays light (no runtime, no torch)
-_LAZY = {"search": "einc.runtime.study", "Study": "einc.runtime.study", "Trial": "einc.runtime.study",
-         "TrialResult": "einc.runtime.study", "SearchResult": "einc.runtime.study",
+# Every name is imported on first use, so that ``import einc`` takes milliseconds (no lark, no
+# runtime, no torch): the ``einc`` command catches a Ctrl-C only once its own code runs, and a
+# worker's fork server imports einc before it can ignore one.
+_LAZY = {**dict.fromkeys(("Architecture", "Grammar", "build", "compile_grammar", "load"), "einc.api"),
+         "EinError": "einc.errors", "Budget": "einc.sample",
+         **dict.fromkeys(("Expansion", "Fork", "Leaf"), "einc.tree"),
+         **dict.fromkeys(("search", "Study", "Trial", "TrialResult", "SearchResult"), "einc.runtime.study"),
          "Context": "einc.runtime.objective"}
 
 

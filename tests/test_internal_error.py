@@ -134,3 +134,19 @@ def test_user_errors_stay_one_line_and_usage_errors_exit_2():
     assert r.exit_code == 2 and "Traceback" not in r.output and "INTERNAL ERROR" not in r.output
     r = CliRunner().invoke(main, ["compile", "--help"])
     assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_a_ctrl_c_while_a_command_imports_is_interrupted_not_a_traceback(monkeypatch):
+    """``einc search`` imports the runtime when it runs (a third of a second, more under load): a
+    Ctrl-C then is the same "interrupted", exit 130, as one during the search."""
+    import einc.cli
+
+    class Importing:
+        @staticmethod
+        def import_module(name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(einc.cli, "importlib", Importing)
+    r = CliRunner().invoke(main, ["search", "--out", "x"])
+    assert r.exit_code == 130 and r.stderr.strip() == "interrupted", r.output
+    assert "Traceback" not in r.output
