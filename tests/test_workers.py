@@ -50,7 +50,8 @@ def test_the_fork_server_ignores_ctrl_c_from_its_first_import():
     """Ctrl-C reaches the whole process group; while the fork server imported torch (seconds) one
     printed its KeyboardInterrupt traceback. Its first import now ignores SIGINT, there only."""
     assert workers._PRELOAD[0] == "einc.runtime.fork_server"
-    probe = "import signal, einc.runtime.fork_server; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
+    probe = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "  # whatever we inherited
+             "import einc.runtime.fork_server; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
     as_server = f"from multiprocessing.forkserver import main; {probe}"  # how multiprocessing starts one
     seen = [subprocess.run([sys.executable, "-c", c], capture_output=True, text=True, check=True).stdout.strip()
             for c in (as_server, probe)]
