@@ -183,7 +183,6 @@ def _hash(root: Node) -> int:
     return done[id(root)]
 
 
-
 def steps(node: Node, trail: Trail) -> Iterator[tuple[Leaf | Fork, Trail]]:
     """The leaves and forks under ``node`` in the order they run, each with its trail: sequences of
     expansions are flattened by an explicit stack, so a long chain costs no recursion (infer, lower)."""
@@ -195,6 +194,7 @@ def steps(node: Node, trail: Trail) -> Iterator[tuple[Leaf | Fork, Trail]]:
             todo.extend((kids[i], Trail(trail, i)) for i in range(len(kids) - 1, -1, -1))
         else:
             yield node, trail
+
 
 def deep(gen: Generator[Any, Any, Any]) -> Any:
     """Run a recursive generator function without Python recursion.

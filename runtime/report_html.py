@@ -164,8 +164,8 @@ class LivePage:
     ``SETTLE`` after the evaluation that asked for it: a burst of evaluations is one rewrite, and
     the last state of a burst is written when the interval has passed, not at the next evaluation
     (which may be an hour away). A failing
-    rewrite warns and stops rewriting; the search goes on. The thread is a daemon: a stopped
-    search does not wait for it."""
+    rewrite warns and stops rewriting; the search goes on. The thread is a daemon, and a stopped
+    search waits for it at most ``close``'s timeout."""
 
     def __init__(self, out: Path, config: Any, goal: Goal, grammar: Any, shape: tuple[int, ...] | None):
         self.out, self.config, self.goal, self.grammar, self.shape = Path(out), config, goal, grammar, shape
@@ -191,18 +191,14 @@ class LivePage:
 
     def finish(self) -> None:
         """The final page (no reload), written in the caller's thread once a rewrite in flight is done."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
+        self.close(timeout=None)
         reuse_drawing(self.out, self.cache)
         try:
             self._write(live=False)
         except Exception as e:  # the page is a view: never the search's failure
             _warn(self.out, e)
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, timeout: float | None = 2.0) -> None:
         """Stop rewriting (a stopped search): let a rewrite in flight end, within ``timeout``, so the
         interpreter never exits under a thread that is inside torch or matplotlib (C++ aborts then)."""
         with self._wake:

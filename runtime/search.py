@@ -254,7 +254,7 @@ def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, 
                               config.task, config.metric)
         evaluator = LocalEvaluator(workers=config.workers, time_limit=config.time_limit,
                                    threads=threads_per_worker(config.workers), prepare=ready)
-    pages: list[LivePage] = []
+    page: LivePage | None = None
     try:
         if own:  # workers import torch and load the data while this process sets up
             evaluator.start()
@@ -297,8 +297,7 @@ def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, 
                     index=index, task=config.task, metric=config.metric), SHARED)
             return Job(str(index), evaluate, dict(config.job_context(), arch=text, train=config.train(epochs)), SHARED)
 
-        pages.append(LivePage(out, config, goal, grammar, shape))  # OUT/report.html, at most once a second
-        page = pages[0]
+        page = LivePage(out, config, goal, grammar, shape)  # OUT/report.html, rewritten at most once a second
 
         def on_event(s: Scheduler) -> None:
             progress.done = s.finished_trainings
@@ -334,8 +333,8 @@ def _run(config: SearchConfig, out: Path, resume: bool, evaluator, on_progress, 
                                 "of": best["index"], "grammar_hash": grammar.hash, "seed": config.seed,
                                 **outcome_fields(outcome)})
     finally:
-        for p in pages:  # a stop: no rewrite thread may outlive the search (finish() joined it otherwise)
-            p.close()
+        if page is not None:  # a stop: no rewrite thread may outlive the search (finish() joined it otherwise)
+            page.close()
         if own:
             evaluator.close()
 
